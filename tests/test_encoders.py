@@ -1,0 +1,104 @@
+"""The Encoder contract: declared channels and strides match the maps a forward returns."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from seglab.encoders import TimmEncoder, build_encoder
+
+# (name, extra build_encoder options); small models keep the whole matrix to seconds.
+ENCODERS = [
+    ("vgg16", {"width": 8}),
+    ("resnet18", {}),
+    ("resnet50", {}),
+    ("mobilenetv2_100", {}),
+    ("xception65", {}),
+]
+SIZE = 64
+
+
+@pytest.mark.parametrize("output_stride", [8, 16, 32])
+@pytest.mark.parametrize(("name", "options"), ENCODERS, ids=[e[0] for e in ENCODERS])
+def test_declared_channels_and_strides_match_outputs(name, options, output_stride):
+    encoder = build_encoder(name, output_stride=output_stride, **options).eval()
+    with torch.no_grad():
+        features = encoder(torch.randn(1, 3, SIZE, SIZE))
+    assert [f.shape[1] for f in features] == encoder.channels
+    assert [SIZE // f.shape[-1] for f in features] == encoder.strides
+    assert max(encoder.strides) == output_stride  # dilation keeps the rest at output_stride
+
+
+def test_odd_input_sizes_give_about_input_over_stride():
+    encoder = build_encoder("resnet18", output_stride=8).eval()
+    with torch.no_grad():
+        features = encoder(torch.randn(1, 3, 65, 97))
+    for feature, stride in zip(features, encoder.strides, strict=True):
+        assert abs(feature.shape[-2] - 65 / stride) <= 1
+        assert abs(feature.shape[-1] - 97 / stride) <= 1
+
+
+def test_in_channels_is_passed_to_the_first_conv():
+    encoder = build_encoder("resnet18", in_channels=1).eval()
+    assert encoder(torch.randn(1, 1, 64, 64))[0].shape[1] == encoder.channels[0]
+
+
+def _dilations(stage: nn.Module) -> list[int]:
+    return [
+        m.dilation[0]
+        for m in stage.modules()
+        if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)
+    ]
+
+
+@pytest.mark.parametrize(("output_stride", "expected"), [(16, [2, 4, 8]), (8, [4, 8, 16])])
+def test_multi_grid_multiplies_the_last_stage_rate(output_stride, expected):
+    # DeepLab v3: block4 rates = unit rate (2 at OS 16, 4 at OS 8) x (1, 2, 4)
+    encoder = TimmEncoder("resnet50", output_stride=output_stride, multi_grid=(1, 2, 4)).eval()
+    assert _dilations(encoder.model.layer4) == expected
+    with torch.no_grad():
+        features = encoder(torch.randn(1, 3, 64, 64))
+    assert features[-1].shape[-1] == 64 // output_stride
+
+
+def test_multi_grid_needs_one_rate_per_block():
+    with pytest.raises(ValueError, match="one rate per block"):
+        TimmEncoder("resnet50", output_stride=16, multi_grid=(1, 2))
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_pretrained_path_loads_the_file_weights(tmp_path, suffix):
+    reference = timm.create_model("resnet18")
+    with torch.no_grad():  # distinct from any init: a load that silently failed shows
+        for parameter in reference.parameters():
+            parameter.add_(1.0)
+    path = tmp_path / f"resnet18{suffix}"
+    state = reference.state_dict()
+    if suffix == ".pth":
+        torch.save(state, path)
+    else:
+        save_file(state, str(path))
+    encoder = build_encoder("resnet18", output_stride=8, pretrained=path)
+    loaded = encoder.model.state_dict()
+    assert set(loaded) == {k for k in state if not k.startswith("fc.")}
+    for key, value in loaded.items():
+        torch.testing.assert_close(value, state[key], rtol=0, atol=0)
+
+
+def test_pretrained_path_loads_vgg16_torchvision_layout(tmp_path):
+    from torchvision.models import vgg16
+
+    reference = vgg16(weights=None)
+    path = tmp_path / "vgg16.pth"
+    torch.save(reference.state_dict(), path)
+    encoder = build_encoder("vgg16", output_stride=8, pretrained=path)
+    torch.testing.assert_close(encoder.conv5_3.conv.weight, reference.features[28].weight)
+    torch.testing.assert_close(encoder.conv1_1.conv.bias, reference.features[0].bias)
+
+
+def test_missing_pretrained_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.pth"):
+        build_encoder("resnet18", pretrained=tmp_path / "nothing.pth")
