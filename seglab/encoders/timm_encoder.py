@@ -154,11 +154,11 @@ def build_encoder(
         conv5_dilation=2 if output_stride == 8 else 1,
     )
     if pretrained:
-        load_torchvision_vgg16(encoder, _vgg16_state_dict(pretrained))
+        load_torchvision_vgg16(encoder, vgg16_state_dict(pretrained))
     return encoder
 
 
-def _vgg16_state_dict(pretrained: Pretrained) -> dict[str, torch.Tensor]:
+def vgg16_state_dict(pretrained: Pretrained) -> dict[str, torch.Tensor]:
     """torchvision's ImageNet vgg16 weights (pretrained=True) or those in a local file."""
     if pretrained is True:
         from torchvision.models import VGG16_Weights

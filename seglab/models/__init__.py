@@ -1,6 +1,6 @@
 """One file per paper; importing this package registers every model."""
 
-from seglab.models import fcn, unet  # noqa: F401  (registration side effect)
+from seglab.models import deeplab_v1, deeplab_v2, deeplab_v3, fcn, fcn_resnet, unet  # noqa: F401
 from seglab.models.registry import (
     MODELS,
     ModelInfo,
