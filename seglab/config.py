@@ -1,0 +1,204 @@
+"""Typed run configuration: dataclasses, YAML files with at most one `base:`, dotted overrides.
+
+    cfg = load_config("configs/unet_shapes.yaml", ["optim.lr=0.01", "train.iters=200"])
+
+Every key is a dataclass field, so a typo is an error that names the key, and a YAML file
+shows every setting a run used (the trainer writes the resolved config to the run directory).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from seglab.errors import SeglabError
+
+
+@dataclass
+class ModelConfig:
+    name: str = "unet"
+    options: dict[str, Any] = field(default_factory=dict)  # the builder's keyword options
+
+
+@dataclass
+class DataConfig:
+    format: str = "folder"  # folder (the generic layout; `seglab data shapes` writes one)
+    root: str = "data/shapes"
+    train_split: str = "train"
+    val_split: str = "val"
+    crop_size: list[int] | None = None  # [H, W]; padded with ignore where the image is smaller
+    scale_range: list[float] | None = None  # random rescale [min, max] before the crop
+    hflip: bool = True
+    batch_size: int = 8  # the global batch: divided across ranks under torchrun
+    num_workers: int = 0  # 0 loads in the training process (fastest on 2 cores)
+    cache: bool = False  # keep decoded images in memory (small datasets)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adamw
+    lr: float = 0.01
+    head_lr_mult: float = 1.0  # lr factor for everything outside model.encoder (DeepLab: 10)
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "poly"  # poly | step | constant
+    power: float = 0.9  # poly: lr * (1 - t / T) ** power
+    step_size: int = 2000  # step: lr * gamma ** (t // step_size)
+    gamma: float = 0.1
+    warmup_iters: int = 0  # linear warm-up from lr / 100
+    grad_clip: float | None = None  # max global gradient norm
+
+
+@dataclass
+class LossConfig:
+    # None | "median_frequency" (SegNet) | a list of per-class weights
+    class_weights: str | list[float] | None = None
+    aux_weights: list[float] | None = None  # None: the model's own (PSPNet: 0.4)
+
+
+@dataclass
+class TrainConfig:
+    iters: int = 1000
+    eval_every: int = 500  # also at the end
+    log_every: int = 10
+    checkpoint_every: int = 500  # the resume checkpoint; also at the end and on eval
+    seed: int = 0
+    amp: bool = False  # bf16 autocast on the CPU, fp16 + gradient scaling on CUDA
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int | None = None  # torch CPU threads; None keeps torch's default
+
+
+@dataclass
+class InferenceConfig:
+    mode: str = "whole"  # whole | slide | overlap_tile (U-Net with valid padding)
+    crop_size: list[int] | None = None  # slide: window [H, W]; overlap_tile: output tile
+    stride: list[int] | None = None  # slide: window step; default 2/3 of the window
+    scales: list[float] = field(default_factory=lambda: [1.0])  # e.g. [0.5, 0.75, 1, 1.25]
+    flip: bool = False  # also average the horizontally flipped prediction
+    batch_size: int = 8  # images (whole) or windows (slide) per forward pass
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)  # used by evaluation
+    run_dir: str = "runs/default"
+
+
+def _check_type(value: Any, hint: Any, key: str) -> Any:
+    """Coerce YAML's value to the field's type (int -> float allowed); raise naming the key."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check_type(value, option, key)
+            except SeglabError:
+                pass
+        raise SeglabError(f"config key {key}: {value!r} is not a {hint}")
+    if hint is Any:
+        return value
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise SeglabError(f"config key {key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_check_type(v, item, key) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise SeglabError(f"config key {key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise SeglabError(f"config key {key}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _merge(target: Any, values: dict[str, Any], prefix: str = "") -> None:
+    """Write a nested dict onto a dataclass, checking names and types."""
+    hints = typing.get_type_hints(type(target))
+    names = {f.name for f in dataclasses.fields(target)}
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            raise SeglabError(
+                f"unknown config key {dotted!r}; valid keys here: {', '.join(sorted(names))}"
+            )
+        current = getattr(target, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise SeglabError(f"config key {dotted}: expected a mapping, got {value!r}")
+            _merge(current, value, dotted + ".")
+        elif isinstance(current, dict) and isinstance(value, dict) and prefix:
+            current.update(value)  # model.options.x=1 adds to the options
+        else:
+            setattr(target, key, _check_type(value, hints[key], dotted))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise SeglabError(f"config file {path} does not exist; see configs/ for the recipes")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise SeglabError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise SeglabError(f"{path}: a config file must be a mapping of sections")
+    return data
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """'optim.lr=0.01' -> {'optim': {'lr': 0.01}}; the value is read as YAML."""
+    if "=" not in text:
+        raise SeglabError(f"override {text!r} must look like section.key=value, e.g. optim.lr=0.01")
+    key, raw = text.split("=", 1)
+    value: Any = yaml.safe_load(raw) if raw else None
+    for part in reversed(key.strip().split(".")):
+        value = {part: value}
+    return value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- base file (one level) <- the file <- dotted overrides."""
+    config = Config()
+    if path is not None:
+        path = Path(path)
+        data = _read_yaml(path)
+        base = data.pop("base", None)
+        if base is not None:
+            base_data = _read_yaml(path.parent / base)
+            if "base" in base_data:
+                raise SeglabError(f"{path.parent / base}: a base config cannot have a base itself")
+            _merge(config, base_data)
+        _merge(config, data)
+    for text in overrides or []:
+        _merge(config, parse_override(text))
+    return config
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (what `seglab train` keeps in the run directory)."""
+    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))

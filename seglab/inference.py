@@ -1,0 +1,228 @@
+"""Inference: whole image, sliding window, U-Net overlap-tile, multi-scale + flip; Segmenter.
+
+All modes return class probabilities (B, K, H, W) at the input size: averaging probabilities
+(not logits) over windows, scales and flips is what the papers' multi-scale testing does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from seglab.config import InferenceConfig
+from seglab.data.folder import ClassInfo, read_image
+from seglab.data.transforms import normalize_image
+from seglab.errors import SeglabError
+from seglab.nn import mirror_pad, resize_to
+
+
+def _logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = model(x)
+    return out["out"] if isinstance(out, dict) else out
+
+
+def _window_starts(size: int, window: int, stride: int) -> list[int]:
+    """Window origins covering [0, size) with the last window flush to the end."""
+    if size <= window:
+        return [0]
+    starts = list(range(0, size - window, stride))
+    return starts + [size - window]
+
+
+def slide_probabilities(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    window: Sequence[int],
+    stride: Sequence[int],
+    batch_size: int,
+) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, K, H, W): softmax of windows, averaged where windows overlap.
+
+    Images smaller than the window are padded (zeros after normalisation = mean colour) and
+    the padding is cropped off again. Windows go through the model `batch_size` at a time, so
+    memory is bounded by the window, not the image, apart from the (B, K, H, W) output itself.
+    """
+    b, _, h, w = images.shape
+    wh, ww = window
+    pad_h, pad_w = max(wh - h, 0), max(ww - w, 0)
+    images = F.pad(images, (0, pad_w, 0, pad_h))
+    ph, pw = images.shape[-2:]
+    boxes = [
+        (y, x) for y in _window_starts(ph, wh, stride[0]) for x in _window_starts(pw, ww, stride[1])
+    ]
+    total = counts = None
+    for start in range(0, len(boxes), max(1, batch_size // b)):
+        chunk = boxes[start : start + max(1, batch_size // b)]
+        crops = torch.cat([images[..., y : y + wh, x : x + ww] for y, x in chunk])
+        probs = _logits(model, crops).float().softmax(1)
+        if total is None:
+            total = images.new_zeros(b, probs.shape[1], ph, pw, dtype=torch.float32)
+            counts = images.new_zeros(1, 1, ph, pw, dtype=torch.float32)
+        for i, (y, x) in enumerate(chunk):
+            total[..., y : y + wh, x : x + ww] += probs[i * b : (i + 1) * b]
+            counts[..., y : y + wh, x : x + ww] += 1
+    return (total / counts)[..., :h, :w]
+
+
+def overlap_tile_probabilities(
+    model: torch.nn.Module, images: torch.Tensor, tile: Sequence[int] | None
+) -> torch.Tensor:
+    """U-Net's overlap-tile strategy for models with valid convolutions.
+
+    The image is mirror-padded by the network's margin once; each output tile is then
+    predicted from its real surrounding context (mirrored only at the image border), so the
+    tiles join seamlessly. `tile` is the output tile size; by default the whole image.
+    """
+    if not hasattr(model, "forward_tile"):
+        return _logits(model, images).float().softmax(1)
+    h, w = images.shape[-2:]
+    th, tw = tile if tile else (h, w)
+    th, tw = min(th, h), min(tw, w)
+    in_h, in_w = model.tile_input_size(th), model.tile_input_size(tw)
+    out_h, out_w = model.output_size(in_h), model.output_size(in_w)
+    margin_h, margin_w = (in_h - out_h) // 2, (in_w - out_w) // 2
+    rows, cols = math.ceil(h / out_h), math.ceil(w / out_w)
+    padded = mirror_pad(
+        images,
+        margin_h,
+        rows * out_h - h + margin_h,
+        margin_w,
+        cols * out_w - w + margin_w,
+    )
+    result = None
+    for r in range(rows):
+        for c in range(cols):
+            y, x = r * out_h, c * out_w
+            probs = model.forward_tile(padded[..., y : y + in_h, x : x + in_w]).float().softmax(1)
+            if result is None:
+                result = images.new_zeros(
+                    images.shape[0], probs.shape[1], rows * out_h, cols * out_w
+                )
+            result[..., y : y + out_h, x : x + out_w] = probs
+    return result[..., :h, :w]
+
+
+def _single_scale(model, images: torch.Tensor, cfg: InferenceConfig) -> torch.Tensor:
+    if cfg.mode == "whole":
+        return _logits(model, images).float().softmax(1)
+    if cfg.mode == "slide":
+        if not cfg.crop_size:
+            raise SeglabError("inference.mode=slide needs inference.crop_size=[H,W]")
+        stride = cfg.stride or [max(1, 2 * s // 3) for s in cfg.crop_size]
+        return slide_probabilities(model, images, cfg.crop_size, stride, cfg.batch_size)
+    if cfg.mode == "overlap_tile":
+        return overlap_tile_probabilities(model, images, cfg.crop_size)
+    raise SeglabError(f"inference.mode {cfg.mode!r} is not one of: whole, slide, overlap_tile")
+
+
+@torch.no_grad()
+def predict_probabilities(
+    model: torch.nn.Module, images: torch.Tensor, cfg: InferenceConfig | None = None
+) -> torch.Tensor:
+    """(B, 3, H, W) normalised images -> (B, K, H, W) probabilities, averaged over the
+    configured scales and (if cfg.flip) horizontal flips."""
+    cfg = cfg or InferenceConfig()
+    size = images.shape[-2:]
+    total = None
+    for scale in cfg.scales:
+        scaled = images
+        if scale != 1.0:
+            scaled_size = [max(1, round(s * scale)) for s in size]
+            scaled = F.interpolate(images, scaled_size, mode="bilinear", align_corners=False)
+        variants = [scaled, scaled.flip(-1)] if cfg.flip else [scaled]
+        for flipped, variant in enumerate(variants):
+            probs = _single_scale(model, variant, cfg)
+            probs = probs.flip(-1) if flipped else probs
+            probs = resize_to(probs, size)
+            total = probs if total is None else total + probs
+    return total / (len(cfg.scales) * (2 if cfg.flip else 1))
+
+
+def as_image_tensor(image) -> torch.Tensor:
+    """A path, PIL image, (H, W, 3) uint8 array or (3, H, W) tensor -> (3, H, W) uint8."""
+    if isinstance(image, str | Path):
+        image = read_image(Path(image))
+    if isinstance(image, Image.Image):
+        image = np.array(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        if image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=2)
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise SeglabError(f"expected an (H, W, 3) image array, got shape {image.shape}")
+        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    if not isinstance(image, torch.Tensor) or image.ndim != 3 or image.shape[0] != 3:
+        raise SeglabError("expected an image path, PIL image, (H, W, 3) array or (3, H, W) tensor")
+    if image.is_floating_point():  # floats are taken as 0..1 RGB
+        image = (image.clamp(0, 1) * 255).round().to(torch.uint8)
+    return image
+
+
+class Segmenter:
+    """A trained model ready to label images.
+
+    segmenter = Segmenter.from_checkpoint("runs/demo/best.safetensors")
+    labels = segmenter.predict("photo.jpg")  # (H, W) uint8 class ids
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        classes: ClassInfo | None = None,
+        device: str | torch.device = "cpu",
+        inference: InferenceConfig | None = None,
+    ) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.classes = classes
+        self.inference = inference or InferenceConfig()
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        device: str | torch.device = "cpu",
+        inference: InferenceConfig | None = None,
+    ) -> Segmenter:
+        from seglab.engine.checkpoint import load_weights
+
+        model, meta = load_weights(path)
+        classes = None
+        if "classes" in meta:
+            classes = ClassInfo(
+                [c["name"] for c in meta["classes"]], [tuple(c["color"]) for c in meta["classes"]]
+            )
+        return cls(model, classes, device, inference)
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.seglab_spec["num_classes"]
+
+    def predict_batch(self, images: Sequence, probabilities: bool = False) -> list[np.ndarray]:
+        """Label several images; same-size images share a forward pass."""
+        tensors = [as_image_tensor(image) for image in images]
+        results: list[np.ndarray | None] = [None] * len(tensors)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for index, tensor in enumerate(tensors):
+            by_size.setdefault(tuple(tensor.shape[-2:]), []).append(index)
+        for indices in by_size.values():
+            for start in range(0, len(indices), self.inference.batch_size):
+                chunk = indices[start : start + self.inference.batch_size]
+                batch = torch.stack([tensors[i] for i in chunk]).to(self.device)
+                probs = predict_probabilities(self.model, normalize_image(batch), self.inference)
+                for i, prob in zip(chunk, probs, strict=True):
+                    results[i] = (
+                        prob.cpu().numpy()
+                        if probabilities
+                        else prob.argmax(0).to(torch.uint8).cpu().numpy()
+                    )
+        return results
+
+    def predict(self, image, probabilities: bool = False) -> np.ndarray:
+        """(H, W) uint8 labels, or (K, H, W) float probabilities if asked."""
+        return self.predict_batch([image], probabilities)[0]

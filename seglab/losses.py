@@ -1,0 +1,90 @@
+"""Losses: cross-entropy with ignore and class weights, auxiliary-output composition, and
+SegNet's median-frequency class balancing. Losses live outside the models (DESIGN.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from seglab.data.labels import IGNORE_INDEX
+
+
+def class_pixel_counts(masks, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per class: pixels of that class, and pixels of the images that contain it.
+
+    `masks` yields (H, W) integer arrays; 255 is skipped.
+    """
+    pixels = np.zeros(num_classes, np.int64)
+    image_pixels = np.zeros(num_classes, np.int64)
+    for mask in masks:
+        mask = np.asarray(mask)
+        valid = mask[mask != IGNORE_INDEX]
+        counts = np.bincount(valid.ravel(), minlength=num_classes)[:num_classes]
+        pixels += counts
+        image_pixels += np.where(counts > 0, valid.size, 0)
+    return pixels, image_pixels
+
+
+def median_frequency_weights(pixels: np.ndarray, image_pixels: np.ndarray) -> np.ndarray:
+    """SegNet's a_c = median(freq) / freq(c), freq(c) = pixels of c / pixels of images with c.
+
+    Classes that never occur get weight 0 (nothing to balance).
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        freq = np.where(image_pixels > 0, pixels / np.maximum(image_pixels, 1), np.nan)
+    median = np.nanmedian(freq)
+    return np.where(freq > 0, median / freq, 0.0)
+
+
+def dataset_median_frequency_weights(dataset, num_classes: int) -> np.ndarray:
+    masks = (
+        dataset.load(i)[1] for i in tqdm(range(len(dataset)), desc="class frequencies", leave=False)
+    )
+    return median_frequency_weights(*class_pixel_counts(masks, num_classes))
+
+
+class SegmentationLoss(torch.nn.Module):
+    """Cross-entropy (ignore 255, optional class weights) on the main output plus weighted
+    auxiliary outputs: loss = CE(out) + sum_i aux_weights[i] * CE(aux[i]).
+
+    Accepts a logits tensor or the training-mode dict {"out": ..., "aux": [...]}; outputs at a
+    lower resolution than the target (e.g. DeepLab v1's stride-8 loss) are compared with a
+    nearest-downsampled target rather than upsampled.
+    """
+
+    def __init__(
+        self,
+        class_weights: Sequence[float] | None = None,
+        aux_weights: Sequence[float] = (),
+        ignore_index: int = IGNORE_INDEX,
+    ) -> None:
+        super().__init__()
+        weight = (
+            None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+        )
+        self.register_buffer("class_weights", weight)
+        self.aux_weights = list(aux_weights)
+        self.ignore_index = ignore_index
+
+    def cross_entropy(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if logits.shape[-2:] != target.shape[-2:]:
+            target = F.interpolate(target[:, None].float(), size=logits.shape[-2:], mode="nearest")
+            target = target[:, 0].long()
+        return F.cross_entropy(
+            logits.float(), target, weight=self.class_weights, ignore_index=self.ignore_index
+        )
+
+    def forward(self, outputs, target: torch.Tensor) -> torch.Tensor:
+        if isinstance(outputs, torch.Tensor):
+            return self.cross_entropy(outputs, target)
+        loss = self.cross_entropy(outputs["out"], target)
+        aux = outputs.get("aux", [])
+        if len(aux) != len(self.aux_weights):
+            raise ValueError(f"{len(aux)} auxiliary outputs but {len(self.aux_weights)} weights")
+        for weight, logits in zip(self.aux_weights, aux, strict=True):
+            loss = loss + weight * self.cross_entropy(logits, target)
+        return loss
