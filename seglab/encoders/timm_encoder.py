@@ -41,6 +41,10 @@ class TimmEncoder(Encoder):
             (`timm.create_model(name).state_dict()`) through timm's own loader, which drops the
             classifier and adapts the first conv to `in_channels`.
         out_indices: which stages to return (timm's numbering); None returns all of them.
+        taps: names of further submodules of the timm model whose outputs are appended to the
+            returned maps, in this order (e.g. "blocks.2.0", where torchvision's MobileNetV3
+            segmentation models take their auxiliary feature); their channels and strides are
+            placed among the stage maps by stride (measured once on a 64x64 input).
 
     channels / strides come from timm's feature_info; strides are effective, i.e. capped at
     output_stride (a dilated stage keeps the resolution of the one before it).
@@ -54,6 +58,7 @@ class TimmEncoder(Encoder):
         multi_grid: Sequence[int] | None = None,
         pretrained: Pretrained = False,
         out_indices: Sequence[int] | None = None,
+        taps: Sequence[str] = (),
     ) -> None:
         super().__init__()
         if output_stride not in (8, 16, 32):
@@ -78,6 +83,41 @@ class TimmEncoder(Encoder):
         self.multi_grid = tuple(multi_grid) if multi_grid else None
         if self.multi_grid:
             apply_multi_grid(self._module(info.module_name()[-1]), self.multi_grid)
+        self.taps = tuple(taps)
+        self._tapped: dict[str, torch.Tensor] = {}
+        self._order: list[tuple[str, int]] | None = None
+        for tap in self.taps:
+            self._module(tap).register_forward_hook(self._keep_output(tap))
+        if self.taps:
+            self._declare_taps(in_channels)
+
+    def _keep_output(self, name: str):
+        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            self._tapped[name] = output
+
+        return hook
+
+    def _declare_taps(self, in_channels: int, size: int = 64) -> None:
+        """Place the tapped maps among the stage maps by stride, measured on a 64x64 input.
+
+        A tap goes before the first stage map of the same or a larger stride (a tap inside a
+        stage runs before the stage's end), so the list stays ordered fine to coarse.
+        """
+        was_training = self.training
+        self.eval()  # leaves the BN statistics alone
+        with torch.no_grad():
+            tapped = self(torch.zeros(1, in_channels, size, size))[len(self.channels) :]
+        self.train(was_training)
+        order = [("stage", i) for i in range(len(self.channels))]
+        channels, strides = list(self.channels), list(self.strides)
+        for index, tap in enumerate(tapped):
+            stride = size // tap.shape[-1]
+            at = next((i for i, s in enumerate(strides) if s >= stride), len(strides))
+            order.insert(at, ("tap", index))
+            channels.insert(at, tap.shape[1])
+            strides.insert(at, stride)
+        self._order = order
+        self.channels, self.strides = channels, strides
 
     def _module(self, name: str) -> nn.Module:
         """A submodule by timm's feature_info name (FeatureListNet flattens "a.b" to "a_b")."""
@@ -88,7 +128,13 @@ class TimmEncoder(Encoder):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         # (B, C_in, H, W) -> [(B, channels[i], ~H / strides[i], ~W / strides[i]), ...]
-        return self.model(x)
+        maps = self.model(x)
+        if not self.taps:
+            return maps
+        tapped = [self._tapped.pop(tap) for tap in self.taps]
+        if self._order is None:  # while _declare_taps measures them
+            return [*maps, *tapped]
+        return [maps[i] if kind == "stage" else tapped[i] for kind, i in self._order]
 
 
 def apply_multi_grid(stage: nn.Module, rates: Sequence[int]) -> None:

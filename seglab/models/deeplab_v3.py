@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from seglab.encoders import build_encoder
+from seglab.encoders import Encoder, TimmEncoder, build_encoder
 from seglab.models.registry import register_model
 from seglab.nn import ConvBNAct, SeparableConv2d, resize_to
 from seglab.nn.aspp import ASPP, FCNHead
@@ -42,6 +42,7 @@ class DeepLabV3(nn.Module):
     bilinear upsampling to the input.
 
     Args:
+        encoder: a name for build_encoder, or an Encoder built by the caller.
         rates: ASPP rates at this output stride (the builders double the paper's 6/12/18 at
             OS 8).
         head_conv: torchvision's layout adds a 3x3 conv 256 + BN + ReLU before the classifier
@@ -55,7 +56,7 @@ class DeepLabV3(nn.Module):
         self,
         num_classes: int,
         in_channels: int = 3,
-        encoder: str = "resnet101",
+        encoder: str | Encoder = "resnet101",
         output_stride: int = 16,
         multi_grid: Sequence[int] | None = (1, 2, 4),
         rates: Sequence[int] = (6, 12, 18),
@@ -66,9 +67,12 @@ class DeepLabV3(nn.Module):
         pretrained: bool | str | Path = False,
     ) -> None:
         super().__init__()
-        self.encoder = build_encoder(
-            encoder, in_channels, output_stride, multi_grid, pretrained=pretrained
-        )
+        if isinstance(encoder, Encoder):  # built by the caller; the encoder options are unused
+            self.encoder = encoder
+        else:
+            self.encoder = build_encoder(
+                encoder, in_channels, output_stride, multi_grid, pretrained=pretrained
+            )
         channels = self.encoder.channels
         self.aspp = ASPP(channels[-1], 256, rates, dropout=dropout)
         self.head = ConvBNAct(256, 256, 3) if head_conv else nn.Identity()
@@ -237,17 +241,40 @@ def deeplabv3_torchvision(
     encoder: resnet50 / resnet101 (output stride 8, aux on layer3) or mobilenetv3_large_100
     (output stride 16, aux on the stride-8 feature), as in torchvision.
     """
-    mobilenet = encoder.startswith("mobilenetv3")
+    if encoder.startswith("mobilenetv3"):
+        backbone = torchvision_mobilenetv3(encoder, in_channels, pretrained)
+        aux_feature = backbone.strides.index(8)  # the tapped map, before the stage's end
+        return DeepLabV3(
+            num_classes, in_channels, backbone, 16, None, (12, 24, 36), 0.5, True, aux, aux_feature
+        )
     return DeepLabV3(
         num_classes,
         in_channels,
         encoder,
-        output_stride=16 if mobilenet else 8,
+        output_stride=8,
         multi_grid=None,
         rates=(12, 24, 36),
         dropout=0.5,
         head_conv=True,
         aux=aux,
-        aux_feature=-3 if mobilenet else -2,
         pretrained=pretrained,
     )
+
+
+def torchvision_mobilenetv3(
+    name: str, in_channels: int, pretrained: bool | str | Path = False
+) -> TimmEncoder:
+    """timm's MobileNetV3 at output stride 16, made identical to torchvision's dilated one.
+
+    torchvision dilates every block of the last stride-2 stage (timm leaves the first at
+    dilation 1), uses BN eps 1e-3 (timm 1e-5), and its segmentation models take the auxiliary
+    feature after the first block of the stride-8 stage: tapped, it comes before that stage's
+    end in the encoder's list.
+    """
+    encoder = TimmEncoder(name, in_channels, 16, pretrained=pretrained, taps=["blocks.2.0"])
+    first = encoder.model.blocks[5][0].conv_dw  # 5x5 depthwise of the dilated stage
+    first.dilation, first.padding = (2, 2), (4, 4)
+    for module in encoder.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.eps, module.momentum = 1e-3, 0.01
+    return encoder

@@ -41,6 +41,7 @@ class FCNResNet(nn.Module):
         self.encoder = build_encoder(encoder, in_channels, output_stride, pretrained=pretrained)
         channels = self.encoder.channels
         self.head = FCNHead(channels[-1], num_classes)
+        self.aux_feature = -2  # layer3
         self.aux_head = FCNHead(channels[-2], num_classes) if aux else None
 
     def forward(self, x: torch.Tensor) -> Logits:
@@ -49,7 +50,7 @@ class FCNResNet(nn.Module):
         out = resize_to(self.head(features[-1]), size)
         if not (self.training and self.aux_head is not None):
             return out
-        return {"out": out, "aux": [resize_to(self.aux_head(features[-2]), size)]}
+        return {"out": out, "aux": [resize_to(self.aux_head(features[self.aux_feature]), size)]}
 
 
 @register_model(

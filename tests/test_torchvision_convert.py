@@ -1,0 +1,79 @@
+"""torchvision's segmentation checkpoints load into seglab and give torchvision's logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision.models import segmentation
+
+from seglab.errors import SeglabError
+from seglab.models import count_parameters
+from seglab.models.torchvision_convert import (
+    load_torchvision_checkpoint,
+    torchvision_model_spec,
+)
+from seglab.nn import resize_to
+
+TORCHVISION_MODELS = [
+    ("fcn_resnet50", "fcn_resnet", "resnet50"),
+    ("fcn_resnet101", "fcn_resnet", "resnet101"),
+    ("deeplabv3_resnet50", "deeplabv3_torchvision", "resnet50"),
+    ("deeplabv3_resnet101", "deeplabv3_torchvision", "resnet101"),
+    ("deeplabv3_mobilenet_v3_large", "deeplabv3_torchvision", "mobilenetv3_large_100"),
+]
+
+
+def _torchvision_model(name: str, num_classes: int = 5, aux: bool = True) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = getattr(segmentation, name)(
+        weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=aux
+    )
+    with torch.no_grad():  # fresh BN statistics are 0/1: make them matter
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+@pytest.mark.parametrize(("name", "seglab_name", "encoder"), TORCHVISION_MODELS)
+def test_torchvision_checkpoint_gives_torchvision_logits(tmp_path, name, seglab_name, encoder):
+    reference = _torchvision_model(name)
+    path = tmp_path / f"{name}.pth"
+    torch.save(reference.state_dict(), path)
+
+    model = load_torchvision_checkpoint(path)
+
+    assert model.seglab_spec["name"] == seglab_name
+    assert model.seglab_spec["options"] == {"encoder": encoder, "aux": True}
+    assert count_parameters(model) == count_parameters(reference)
+    x = torch.randn(2, 3, 67, 83)  # odd sizes exercise the resizing too
+    with torch.no_grad():
+        expected = reference(x)
+        out = model(x)
+        features = model.encoder(x)
+        aux = resize_to(model.aux_head(features[model.aux_feature]), x.shape[-2:])
+    assert out.shape == (2, 5, 67, 83)
+    assert (out - expected["out"]).abs().max() < 1e-4
+    assert (aux - expected["aux"]).abs().max() < 1e-4
+
+
+def test_checkpoint_without_aux_builds_model_without_aux_head():
+    reference = _torchvision_model("deeplabv3_resnet50", num_classes=3, aux=False)
+    name, options = torchvision_model_spec(reference.state_dict())
+    assert (name, options) == (
+        "deeplabv3_torchvision",
+        {"num_classes": 3, "encoder": "resnet50", "aux": False},
+    )
+    model = load_torchvision_checkpoint(reference.state_dict())
+    assert model.aux_head is None
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert (model(x) - reference(x)["out"]).abs().max() < 1e-4
+
+
+def test_other_checkpoints_are_refused_with_a_clear_error():
+    from torchvision.models import resnet18
+
+    with pytest.raises(SeglabError, match="not a torchvision segmentation checkpoint"):
+        load_torchvision_checkpoint(resnet18(weights=None).state_dict())
