@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from seglab.config import Config, save_config
+from seglab.data import build_dataset
 from seglab.data.folder import FolderDataset, check_dataset
 from seglab.data.transforms import eval_transform, train_transform
 from seglab.engine.checkpoint import (
@@ -46,13 +47,10 @@ def resolve_device(name: str) -> torch.device:
 
 def build_datasets(cfg: Config, check: bool = True) -> tuple[FolderDataset, FolderDataset]:
     """Train and val datasets of cfg.data, each read once by the label check."""
-    if cfg.data.format != "folder":
-        raise SeglabError(f"data.format {cfg.data.format!r} is not supported yet; use folder")
     d = cfg.data
-    train_set = FolderDataset(
-        d.root, d.train_split, train_transform(d.crop_size, d.scale_range, d.hflip), d.cache
-    )
-    val_set = FolderDataset(d.root, d.val_split, eval_transform(), d.cache)
+    augment = train_transform(d.crop_size, d.scale_range, d.hflip)
+    train_set = build_dataset(d.format, d.root, d.train_split, augment, d.cache)
+    val_set = build_dataset(d.format, d.root, d.val_split, eval_transform(), d.cache)
     if check:
         check_dataset(train_set)
         check_dataset(val_set)
