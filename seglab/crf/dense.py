@@ -105,11 +105,11 @@ def mean_field(
             # Potts: -mu(message) = +message, up to a per-pixel constant; add it in place.
             negative_energy = -unary
             for kernel in kernels:
-                negative_energy = kernel.filter(q, add_to=negative_energy)
+                negative_energy = negative_energy + kernel.filter(q)
         else:
             message = torch.zeros_like(q)
             for kernel in kernels:
-                message = kernel.filter(q, add_to=message)
+                message = message + kernel.filter(q)
             negative_energy = -unary - message @ compatibility
         q = torch.softmax(negative_energy, dim=1)
     return q
