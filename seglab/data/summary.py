@@ -1,0 +1,47 @@
+"""One-paragraph descriptions of a dataset split, for `seglab data check` and `data stats`."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from PIL import Image
+
+from seglab.data.folder import FolderDataset
+from seglab.errors import SeglabError
+
+
+def dataset_splits(format: str, root: str | Path) -> list[str]:
+    """The splits of the `format` dataset present under `root`; ["all"] for a folder dataset
+    without split files."""
+    from seglab.data import DATASET_FORMATS, build_dataset_class
+
+    cls = build_dataset_class(format)
+    if cls is DATASET_FORMATS["folder"] or not hasattr(cls, "available_splits"):
+        root = Path(root)
+        names = [p.stem for p in sorted(root.glob("*.txt")) if p.name != "classes.txt"]
+        return names or ["all"]
+    splits = cls.available_splits(root)
+    if not splits:
+        raise SeglabError(f"{root}: no {format} splits found; is --format right?")
+    return splits
+
+
+def dataset_summary(dataset: FolderDataset) -> str:
+    """'split: N images (release: M), K classes, sizes WxH (n), ...' for a loaded dataset.
+
+    Reads only image headers. The release count is shown for the standard datasets, so a
+    partial download or a wrong split list is visible at once.
+    """
+    sizes = Counter()
+    for index in range(len(dataset)):
+        with Image.open(dataset.image_path(index)) as image:
+            sizes[image.size] += 1
+    expected = getattr(dataset, "release_counts", {}).get(dataset.split)
+    count = f"{len(dataset)} images"
+    if expected is not None:
+        count += f" (release: {expected})" if expected != len(dataset) else " (as released)"
+    common = ", ".join(f"{w}x{h} ({n})" for (w, h), n in sizes.most_common(3))
+    if len(sizes) > 3:
+        common += f", {len(sizes) - 3} more sizes"
+    return f"{dataset.split}: {count}, {dataset.num_classes} classes, image sizes WxH: {common}"
