@@ -45,29 +45,42 @@ def slide_probabilities(
     """(B, 3, H, W) -> (B, K, H, W): softmax of windows, averaged where windows overlap.
 
     Images smaller than the window are padded (zeros after normalisation = mean colour) and
-    the padding is cropped off again. Windows go through the model `batch_size` at a time, so
-    memory is bounded by the window, not the image, apart from the (B, K, H, W) output itself.
+    the padding is cropped off again. Windows go through the model `batch_size` at a time and
+    are added into one preallocated (B, K, H, W) float32 output, which is then divided in
+    place by the window count; so the peak memory is the output plus one batch of windows
+    (crops, activations, probabilities), whatever the image size
+    (benchmarks/large_image_memory.py measures it).
     """
     b, _, h, w = images.shape
     wh, ww = window
     pad_h, pad_w = max(wh - h, 0), max(ww - w, 0)
-    images = F.pad(images, (0, pad_w, 0, pad_h))
+    if pad_h or pad_w:  # only images smaller than the window are copied
+        images = F.pad(images, (0, pad_w, 0, pad_h))
     ph, pw = images.shape[-2:]
-    boxes = [
-        (y, x) for y in _window_starts(ph, wh, stride[0]) for x in _window_starts(pw, ww, stride[1])
-    ]
-    total = counts = None
-    for start in range(0, len(boxes), max(1, batch_size // b)):
-        chunk = boxes[start : start + max(1, batch_size // b)]
+    ys, xs = _window_starts(ph, wh, stride[0]), _window_starts(pw, ww, stride[1])
+    # The windows form a grid, so the number covering pixel (y, x) is rows(y) * cols(x):
+    # two 1-D counts instead of an (H, W) map.
+    rows = images.new_zeros(ph, dtype=torch.float32)
+    cols = images.new_zeros(pw, dtype=torch.float32)
+    for y in ys:
+        rows[y : y + wh] += 1
+    for x in xs:
+        cols[x : x + ww] += 1
+    boxes = [(y, x) for y in ys for x in xs]
+    per_pass = max(1, batch_size // b)  # windows per forward pass, each with all B images
+    total = None
+    for start in range(0, len(boxes), per_pass):
+        chunk = boxes[start : start + per_pass]
         crops = torch.cat([images[..., y : y + wh, x : x + ww] for y, x in chunk])
-        probs = _logits(model, crops).float().softmax(1)
+        probs = _logits(model, crops).float().softmax(1)  # (len(chunk) * B, K, wh, ww)
+        del crops
         if total is None:
             total = images.new_zeros(b, probs.shape[1], ph, pw, dtype=torch.float32)
-            counts = images.new_zeros(1, 1, ph, pw, dtype=torch.float32)
         for i, (y, x) in enumerate(chunk):
             total[..., y : y + wh, x : x + ww] += probs[i * b : (i + 1) * b]
-            counts[..., y : y + wh, x : x + ww] += 1
-    return (total / counts)[..., :h, :w]
+        del probs
+    total.div_(rows[:, None]).div_(cols)
+    return total[..., :h, :w]
 
 
 def overlap_tile_probabilities(
