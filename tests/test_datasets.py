@@ -332,3 +332,9 @@ def test_written_palette_masks_read_back_as_ids(tmp_path):
     _mask(tmp_path / "m.png", values, palette=True)
     assert Image.open(tmp_path / "m.png").mode == "P"
     np.testing.assert_array_equal(read_mask(tmp_path / "m.png"), values)
+
+
+def test_summary_and_splits_work_for_the_generic_folder_layout(shapes_root):
+    assert dataset_splits("folder", shapes_root) == ["train", "val"]
+    val = build_dataset("folder", shapes_root, "val")
+    assert dataset_summary(val) == "val: 8 images, 6 classes, image sizes WxH: 32x32 (8)"
