@@ -29,8 +29,9 @@ class DeepLabV1(nn.Module):
         width: VGG16's first-stage channels (64 in the paper); fc6/fc7 get 16 x width.
         downsample_labels: the paper trains against labels subsampled by 8 instead of
             upsampling the logits. With it, `label_stride` is 8 and a training-mode forward
-            returns {"out": (B, K, ~H/8, ~W/8) logits, "aux": []}: the loss resizes the labels
-            to the logits with nearest-neighbour sampling. Evaluation always returns (B, K, H, W).
+            returns {"out": (B, K, ~H/8, ~W/8) logits, "aux": []}; seglab's SegmentationLoss
+            compares a lower-resolution output with the nearest-downsampled labels.
+            Evaluation always returns (B, K, H, W).
         pretrained: loads torchvision's VGG16 convs and, as the paper does, fc6/fc7 decimated
             from VGG16's fc6/fc7 (every 4th unit, every 3rd tap of fc6's 7x7 kernel).
 

@@ -70,6 +70,7 @@ class MSC(nn.Module):
             raise ValueError(f"MSC scales must start with 1.0, got {tuple(scales)}")
         self.model = model
         self.scales = tuple(scales)
+        self.aux_weights = [1.0] * len(self.scales)  # the paper: one loss per scale, unweighted
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         coarse = getattr(self.model, "forward_coarse", None)

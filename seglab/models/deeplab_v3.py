@@ -79,6 +79,7 @@ class DeepLabV3(nn.Module):
         self.classifier = nn.Conv2d(256, num_classes, 1)
         self.aux_feature = aux_feature
         self.aux_head = FCNHead(channels[aux_feature], num_classes) if aux else None
+        self.aux_weights = [0.5] if aux else []  # torchvision's reference training recipe
 
     def forward(self, x: torch.Tensor) -> Logits:
         size = x.shape[-2:]

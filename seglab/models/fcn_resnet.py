@@ -43,6 +43,7 @@ class FCNResNet(nn.Module):
         self.head = FCNHead(channels[-1], num_classes)
         self.aux_feature = -2  # layer3
         self.aux_head = FCNHead(channels[-2], num_classes) if aux else None
+        self.aux_weights = [0.5] if aux else []  # torchvision's reference training recipe
 
     def forward(self, x: torch.Tensor) -> Logits:
         size = x.shape[-2:]
