@@ -6,7 +6,8 @@ Kraehenbuehl, Koltun, NIPS 2011 (dense.py), with Adams, Baek, Davis, Eurographic
 probabilities on the inputs' device.
 """
 
+from seglab.crf.convcrf import conv_crf
 from seglab.crf.dense import dense_crf
 from seglab.crf.params import PRESETS, DenseCRFParams, resolve_params
 
-__all__ = ["PRESETS", "DenseCRFParams", "dense_crf", "resolve_params"]
+__all__ = ["PRESETS", "DenseCRFParams", "conv_crf", "dense_crf", "resolve_params"]

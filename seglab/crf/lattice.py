@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["PermutohedralLattice", "gaussian_filter_bruteforce"]
+__all__ = ["PermutohedralLattice"]
 
 
 def _elevate(features: Tensor) -> Tensor:
@@ -229,13 +229,3 @@ class PermutohedralLattice:
         return F.embedding_bag(
             self.slice_vertex, lattice, mode="sum", per_sample_weights=self.slice_weight
         )
-
-
-def gaussian_filter_bruteforce(features: Tensor, values: Tensor) -> Tensor:
-    """Exact sum_j exp(-|fi - fj|^2 / 2) values[j] for features (N, d), values (N, K).
-
-    O(N^2) memory: for tests and small images only.
-    """
-    features = features.double()
-    weights = torch.exp(-0.5 * torch.cdist(features, features).square())
-    return (weights @ values.double()).to(values.dtype)
