@@ -86,8 +86,14 @@ def _truncate_log(path: Path, step: int) -> None:
         write_text_atomically(path, "".join(kept))
 
 
-def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
-    """Train cfg's model on cfg's data; returns the run directory."""
+def train(
+    cfg: Config, resume: bool = False, progress: bool = True, stop_after: int | None = None
+) -> Path:
+    """Train cfg's model on cfg's data; returns the run directory.
+
+    stop_after: leave the loop after this step as an interrupted job would, with the resume
+    checkpoint written (for time-boxed cluster jobs; `resume=True` continues the run).
+    """
     run_dir = Path(cfg.run_dir)
     resume_path = run_dir / "last.pt"
     if resume_path.exists() and not resume:
@@ -217,8 +223,11 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> Path:
                 save_weights(model, run_dir / "best.safetensors", train_set.classes)
             save_state()
             tic = time.perf_counter()
-        elif step % cfg.train.checkpoint_every == 0:
+        elif step % cfg.train.checkpoint_every == 0 or step == stop_after:
             save_state()
+        if step == stop_after:
+            bar.close()
+            return run_dir
     bar.close()
     save_weights(model, run_dir / "final.safetensors", train_set.classes)
     return run_dir

@@ -1,0 +1,82 @@
+"""The `seglab` command end to end on a tiny dataset, and its one-line errors."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from seglab.cli import main
+
+
+def test_data_shapes_train_eval_predict(tmp_path, capsys):
+    data = tmp_path / "shapes"
+    assert (
+        main(["--quiet", "data", "shapes", str(data), "--train", "8", "--val", "4", "--size", "24"])
+        == 0
+    )
+    assert main(["--quiet", "data", "check", str(data)]) == 0
+    assert "val: 4 images, 6 classes" in capsys.readouterr().out
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        "model: {name: unet, options: {width: 4, depth: 2, padding: same, batch_norm: true}}\n"
+        f"data: {{root: {data}, batch_size: 4}}\n"
+        "train: {iters: 2, eval_every: 2, log_every: 1}\n"
+        f"run_dir: {tmp_path / 'run'}\n"
+    )
+    assert main(["--quiet", "train", str(config), "optim.lr=0.05"]) == 0
+    assert main(["--quiet", "eval", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "mIoU" in out
+    report = (tmp_path / "run" / "report" / "report.md").read_text()
+    assert "| 3 | triangle |" in report and "## Protocol" in report
+    assert (tmp_path / "run" / "report" / "confusion_matrix.png").is_file()
+    assert len(list((tmp_path / "run" / "report" / "overlays").glob("*.png"))) == 4
+    assert (
+        main(
+            [
+                "--quiet",
+                "predict",
+                str(tmp_path / "run"),
+                str(data / "images"),
+                "--out",
+                str(tmp_path / "pred"),
+            ]
+        )
+        == 0
+    )
+    labels = sorted((tmp_path / "pred" / "labels").glob("*.png"))
+    assert len(labels) == 12
+    mask = Image.open(labels[0])
+    assert mask.mode == "P" and mask.size == (24, 24)
+    assert np.array(mask).max() < 6
+    assert main(["models"]) == 0
+    assert "fcn8s" in capsys.readouterr().out
+
+
+def test_user_errors_are_one_line_with_status_2(tmp_path, capsys):
+    assert main(["eval", str(tmp_path / "missing.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("seglab: error:") and err.count("\n") == 1
+    assert main(["train", str(tmp_path / "nope.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_checkpoint_for_a_different_model_is_refused(tmp_path, capsys):
+    import torch
+
+    from seglab.engine.checkpoint import load_weights, save_weights, weights_meta_path
+    from seglab.errors import SeglabError
+    from seglab.models import create_model
+
+    path = tmp_path / "w.safetensors"
+    save_weights(create_model("unet", num_classes=3, width=4, depth=2), path)
+    meta = weights_meta_path(path)
+    meta.write_text(meta.read_text().replace("num_classes: 3", "num_classes: 5"))
+    try:
+        load_weights(path)
+    except SeglabError as error:
+        assert "does not fit unet with 5 classes" in str(error)
+        assert "classifier.weight" in str(error)
+    else:
+        raise AssertionError("loading 3-class weights as a 5-class model must fail")
+    del torch
