@@ -92,6 +92,8 @@ class DilatedContextNet(nn.Module):
         context: "none" (the front-end alone), "basic" or "large".
         width: VGG16's first-stage channels (64); fc6/fc7 get 64 x width (4096).
         dropout: after fc6 and fc7.
+        batch_norm: BN after every front-end conv (VGG16-BN); not in the paper, it lets the
+            front-end train from scratch (the small test variant).
         pretrained: torchvision's ImageNet VGG16 (True) or a local torchvision vgg16 state dict
             file: the 13 convs, and fc6/fc7 reshaped into 7x7 and 1x1 convolutions.
 
@@ -109,17 +111,19 @@ class DilatedContextNet(nn.Module):
         width: int = 64,
         dropout: float = 0.5,
         noise: float = 1e-3,
+        batch_norm: bool = False,
         pretrained: bool | str | Path = False,
     ) -> None:
         super().__init__()
         if context not in ("none", *CONTEXT_WIDTHS):
             raise ValueError(f"context must be 'none', 'basic' or 'large', got {context!r}")
         pools = (FCN_POOL, FCN_POOL, FCN_POOL, None, None)  # pool4 and pool5 removed
-        self.encoder = VGG16(in_channels, width, pools=pools, conv5_dilation=2)
+        self.encoder = VGG16(in_channels, width, batch_norm, pools=pools, conv5_dilation=2)
         fc_channels = 64 * width
-        self.fc6 = ConvBNAct(self.encoder.channels[-1], fc_channels, 7, dilation=4, norm=False)
+        fc5 = self.encoder.channels[-1]
+        self.fc6 = ConvBNAct(fc5, fc_channels, 7, dilation=4, norm=batch_norm, bias=True)
         self.drop6 = nn.Dropout(dropout)
-        self.fc7 = ConvBNAct(fc_channels, fc_channels, 1, norm=False)
+        self.fc7 = ConvBNAct(fc_channels, fc_channels, 1, norm=batch_norm, bias=True)
         self.drop7 = nn.Dropout(dropout)
         self.final = nn.Conv2d(fc_channels, num_classes, 1)  # "fc-final"
         self.context = (
@@ -164,9 +168,16 @@ def dilated_context(
     context: str = "large",
     width: int = 64,
     dropout: float = 0.5,
+    batch_norm: bool = False,
     pretrained: bool | str | Path = False,
 ) -> DilatedContextNet:
     """context: "none" (front-end only), "basic" (C channels) or "large" (up to 32 C)."""
     return DilatedContextNet(
-        num_classes, in_channels, context, width, dropout, pretrained=pretrained
+        num_classes,
+        in_channels,
+        context,
+        width,
+        dropout,
+        batch_norm=batch_norm,
+        pretrained=pretrained,
     )
