@@ -1,0 +1,474 @@
+"""Inference speed, compute and memory of a model, with deployment variants side by side.
+
+Conventions, stated once:
+- GFLOPs: torch.utils.flop_counter.FlopCounterMode on one image, i.e. 2 FLOPs per
+  multiply-accumulate of convolutions (transposed ones included) and matrix products. Batch
+  norm, activations, pooling and resizing are not counted (they are < 1% for these models).
+- Latency: wall-clock time of one forward pass of the whole batch, after `warmup` passes,
+  over `repeats` passes (CUDA synchronised); median with p10/p90 and the interquartile range.
+- Peak memory: on CUDA torch.cuda.max_memory_allocated during the timed passes (tensors only,
+  not the caching allocator's reserve). On the CPU there is no allocator counter, so it is the
+  growth of the process's peak resident set (getrusage ru_maxrss) while the variant ran: a
+  lower bound, 0 when an earlier variant already reached a higher peak; the absolute peak RSS
+  of the process is reported beside it.
+- max_abs_diff: largest |variant - eager| logit on the benchmark input, to show that a
+  variant computes the same function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from seglab.errors import SeglabError
+
+VARIANTS = ("eager", "channels_last", "bn_folded", "compile", "onnxruntime")
+Size = tuple[int, int]
+
+
+def _logits(out: torch.Tensor | dict) -> torch.Tensor:
+    return out["out"] if isinstance(out, dict) else out
+
+
+def _in_channels(model: nn.Module) -> int:
+    spec = getattr(model, "seglab_spec", None)
+    if spec:
+        return spec.get("in_channels", 3)
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return first.in_channels if first is not None else 3
+
+
+def count_flops(model: nn.Module, size: Size = (512, 512), batch: int = 1) -> int:
+    """FLOPs (2 per multiply-accumulate, as FlopCounterMode counts) of one eval forward pass.
+
+    The pass runs on a copy of the model on the meta device: shapes only, no arithmetic, so
+    a ResNet-101 DeepLab at 512x512 is counted in about a second.
+    """
+    shape = (batch, _in_channels(model), *size)
+    try:
+        meta_model = copy.deepcopy(model).to("meta").eval()
+        inputs = torch.empty(shape, device="meta")
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            meta_model(inputs)
+        return counter.get_total_flops()
+    except (NotImplementedError, RuntimeError):  # an op without a meta kernel: count for real
+        device = next(model.parameters()).device
+        counter = FlopCounterMode(display=False)
+        was_training = model.training
+        model.eval()
+        try:
+            with counter, torch.no_grad():
+                model(torch.zeros(shape, device=device))
+        finally:
+            model.train(was_training)
+        return counter.get_total_flops()
+
+
+def model_gflops(name: str, size: Size = (512, 512), **options: Any) -> float:
+    """GFLOPs of a registered model per (3, H, W) image; options default to the paper's
+    configuration (e.g. for a `seglab models --table` column). Built on the meta device."""
+    from seglab.models import create_model, model_info
+
+    info = model_info(name)
+    kwargs = {"num_classes": 21, **info.paper_options, "in_channels": 3, **options}
+    with torch.device("meta"):
+        model = create_model(name, **kwargs)
+    return count_flops(model, size) / 1e9
+
+
+# ---------------------------------------------------------------------------- BN folding
+def _conv_bn_pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[str, str]]:
+    """(conv name, bn name) where the BN's input is exactly the conv's untouched output.
+
+    Found by running the model once with hooks, not by the order modules were registered in:
+    registration order says nothing about data flow, identity of the tensor object does. An
+    in-place change between the two (x = conv(x); x += skip; bn(x)) bumps the tensor's
+    version counter and rules the pair out.
+    """
+    outputs: dict[int, tuple[str, torch.Tensor, int]] = {}
+    pairs: list[tuple[str, str]] = []
+    handles = []
+
+    def remember(name: str) -> Callable:
+        def hook(module, args, output):
+            if isinstance(output, torch.Tensor):
+                outputs[id(output)] = (name, output, output._version)
+
+        return hook
+
+    def match(name: str) -> Callable:
+        def hook(module, args):
+            found = outputs.get(id(args[0])) if args else None
+            if found is not None and found[1] is args[0] and found[2] == args[0]._version:
+                pairs.append((found[0], name))
+
+        return hook
+
+    for name, module in model.named_modules():
+        if type(module) is nn.Conv2d:
+            handles.append(module.register_forward_hook(remember(name)))
+        elif isinstance(module, nn.BatchNorm2d):
+            handles.append(module.register_forward_pre_hook(match(name)))
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    used_convs = [conv for conv, _ in pairs]
+    # A conv applied twice, or feeding two BNs, cannot absorb one BN: leave it alone.
+    return [(c, b) for c, b in dict.fromkeys(pairs) if used_convs.count(c) == 1]
+
+
+def fold_batchnorm(model: nn.Module, example: torch.Tensor | None = None) -> nn.Module:
+    """An eval-mode copy of `model` with each BatchNorm2d folded into the Conv2d before it.
+
+    BN(conv(x)) = gamma * (W x + b - mean) / sqrt(var + eps) + beta, so the conv gets
+    W' = W * s and b' = (b - mean) * s + beta with s = gamma / sqrt(var + eps) per output
+    channel, and the BN becomes an Identity. Only for inference: the running statistics are
+    baked in. `example` is one input used to find which BN follows which conv (default
+    (1, C, 64, 64) zeros); the original model is not changed.
+    """
+    folded = copy.deepcopy(model).eval()
+    if example is None:
+        device = next(folded.parameters()).device
+        example = torch.zeros(1, _in_channels(folded), 64, 64, device=device)
+    modules = dict(folded.named_modules())
+    for conv_name, bn_name in _conv_bn_pairs(folded, example):
+        conv, bn = modules[conv_name], modules[bn_name]
+        if bn.running_mean is None or bn.running_var is None:
+            continue  # batch statistics at test time: nothing constant to fold
+        with torch.no_grad():
+            scale = bn.running_var.add(bn.eps).rsqrt()
+            if bn.weight is not None:
+                scale = scale * bn.weight
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+            shift = (bias - bn.running_mean) * scale
+            if bn.bias is not None:
+                shift = shift + bn.bias
+            conv.weight.mul_(scale.reshape(-1, 1, 1, 1).to(conv.weight.dtype))
+            conv.bias = nn.Parameter(shift.to(conv.weight.dtype), conv.weight.requires_grad)
+        parent_name, _, child = bn_name.rpartition(".")
+        setattr(modules[parent_name] if parent_name else folded, child, nn.Identity())
+    return folded
+
+
+def count_batchnorms(model: nn.Module) -> int:
+    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+# ---------------------------------------------------------------------------- variants
+def _onnx_runner(model: nn.Module, inputs: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """An onnxruntime session for this exact input shape (fixed shapes: nothing dynamic)."""
+    from seglab.export import _Attempt, _export_bytes, _LogitsOnly, _require_onnx
+
+    _, ort = _require_onnx(check=True)
+    module = _LogitsOnly(model).eval()
+    errors = []
+    for exporter in ("torchscript", "dynamo"):
+        try:
+            data = _export_bytes(module, inputs.cpu(), _Attempt(exporter, False, False), 17)
+            break
+        except SeglabError:
+            raise
+        except Exception as error:  # noqa: BLE001 - try the other exporter
+            errors.append(f"{exporter}: {type(error).__name__}")
+    else:
+        raise RuntimeError(f"ONNX export failed ({'; '.join(errors)})")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # the same threads as PyTorch
+    options.log_severity_level = 4
+    providers = ["CPUExecutionProvider"]
+    if inputs.is_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    session = ort.InferenceSession(data.SerializeToString(), options, providers=providers)
+    feed = {"image": inputs.cpu().numpy()}
+    return lambda: torch.from_numpy(session.run(None, feed)[0])
+
+
+def _prepare(variant: str, model: nn.Module, inputs: torch.Tensor):
+    """(callable running one forward pass, note) for a variant."""
+    if variant == "eager":
+        return lambda: _logits(model(inputs)), ""
+    if variant == "channels_last":
+        converted = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        x = inputs.contiguous(memory_format=torch.channels_last)
+        return lambda: _logits(converted(x)), ""
+    if variant == "bn_folded":
+        before = count_batchnorms(model)
+        folded = fold_batchnorm(model, inputs[:1])
+        after = count_batchnorms(folded)
+        return lambda: _logits(folded(inputs)), f"{before - after} of {before} BN folded"
+    if variant == "compile":
+        compiled = torch.compile(copy.deepcopy(model))
+        return lambda: _logits(compiled(inputs)), "first call (compilation) is in warm-up"
+    if variant == "onnxruntime":
+        run = _onnx_runner(model, inputs)
+        return run, "onnxruntime CPUExecutionProvider, fixed input shape"
+    raise SeglabError(f"unknown benchmark variant {variant!r}; choose from {', '.join(VARIANTS)}")
+
+
+def _percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile, q in [0, 1]."""
+    position = q * (len(sorted_values) - 1)
+    low = int(position)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
+
+
+def _peak_rss_mb() -> float:
+    # ru_maxrss is in kilobytes on Linux and in bytes on macOS.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def _time_variant(
+    run: Callable[[], torch.Tensor],
+    device: torch.device,
+    repeats: int,
+    warmup: int,
+    batch: int,
+    reference: torch.Tensor | None,
+) -> tuple[dict[str, Any], torch.Tensor]:
+    """Time `run` (see the module docstring); returns (result, the variant's output)."""
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    rss_before = _peak_rss_mb()
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = run()
+        sync()
+        first_ms = 1000 * (time.perf_counter() - start)
+        for _ in range(max(warmup - 1, 0)):
+            run()
+        sync()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run()
+            sync()
+            times.append(1000 * (time.perf_counter() - start))
+    times.sort()
+    median = statistics.median(times)
+    result: dict[str, Any] = {
+        "latency_ms": {
+            "median": median,
+            "p10": _percentile(times, 0.1),
+            "p90": _percentile(times, 0.9),
+            "iqr": _percentile(times, 0.75) - _percentile(times, 0.25),
+            "min": times[0],
+            "first_call": first_ms,
+        },
+        "images_per_s": 1000 * batch / median,
+    }
+    if device.type == "cuda":
+        result["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        result["peak_memory_kind"] = "torch.cuda.max_memory_allocated"
+    else:
+        result["peak_memory_mb"] = max(_peak_rss_mb() - rss_before, 0.0)
+        result["peak_memory_kind"] = "growth of process peak RSS (lower bound)"
+        result["process_peak_rss_mb"] = _peak_rss_mb()
+    out = out.float().to(device)
+    result["max_abs_diff"] = 0.0 if reference is None else float((out - reference).abs().max())
+    return result, out
+
+
+def _load(model_or_weights: nn.Module | str | Path, options: dict[str, Any] | None) -> nn.Module:
+    """A module, a NAME.safetensors path, or a registered model name (paper configuration)."""
+    if isinstance(model_or_weights, nn.Module):
+        return model_or_weights
+    text = str(model_or_weights)
+    from seglab.models import MODELS, create_model
+
+    if text in MODELS and not Path(text).exists():
+        info = MODELS[text]
+        kwargs = {"num_classes": 21, **info.paper_options, "in_channels": 3, **(options or {})}
+        return create_model(text, **kwargs)
+    if Path(text).suffix in (".safetensors", ".yaml") or Path(text).exists():
+        from seglab.engine.checkpoint import load_weights
+
+        return load_weights(Path(text).with_suffix(".safetensors"))[0]
+    raise SeglabError(
+        f"{text!r} is neither a weights file nor a registered model; see `seglab models`"
+    )
+
+
+def benchmark(
+    model_or_weights: nn.Module | str | Path,
+    size: Size = (512, 512),
+    batch: int = 1,
+    device: str | torch.device = "cpu",
+    repeats: int = 20,
+    warmup: int = 3,
+    variants: Sequence[str] = ("eager",),
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Parameters, GFLOPs, latency, throughput and peak memory of a model (see module doc).
+
+    Args:
+        model_or_weights: an nn.Module, NAME.safetensors (with NAME.yaml), or a registered
+            model name, built in its paper configuration updated by `options`.
+        size: (H, W) of the random input; batch: images per forward pass.
+        variants: any of VARIANTS; "eager" is always run first as the reference. A variant
+            that cannot run here (e.g. torch.compile without a compiler) gets an "error"
+            entry instead of numbers; the others still run.
+
+    Returns:
+        {"model", "parameters", "gflops" (per image), "input", "device", "threads", "torch",
+        "variants": {name: {"latency_ms": {median, p10, p90, iqr, min, first_call},
+        "images_per_s", "peak_memory_mb", "max_abs_diff", "note"} or {"error": ...}}}
+    """
+    from seglab.models import count_parameters
+
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SeglabError("--device cuda asked for, but torch sees no CUDA device here")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise SeglabError(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
+    if repeats < 1 or batch < 1:
+        raise SeglabError("repeats and batch must be at least 1")
+    model = _load(model_or_weights, options).to(device).eval()
+    spec = getattr(model, "seglab_spec", {})
+    inputs = torch.randn(
+        batch, _in_channels(model), *size, generator=torch.Generator().manual_seed(0)
+    ).to(device)
+    report: dict[str, Any] = {
+        "model": f"{spec.get('name', type(model).__name__)} {spec.get('options', {})}".strip(),
+        "parameters": count_parameters(model),
+        "gflops": count_flops(model, size) / 1e9,
+        "input": list(inputs.shape),
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "repeats": repeats,
+        "warmup": warmup,
+        "variants": {},
+    }
+    reference = None
+    for variant in ["eager", *[v for v in variants if v != "eager"]]:
+        try:
+            run, note = _prepare(variant, model, inputs)
+            result, out = _time_variant(run, device, repeats, warmup, batch, reference)
+        except SeglabError:
+            raise
+        except Exception as error:  # noqa: BLE001 - report it and go on with the others
+            report["variants"][variant] = {"error": f"{type(error).__name__}: {error}"[:300]}
+            continue
+        if reference is None:
+            reference = out
+        result["note"] = note
+        report["variants"][variant] = result
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A Markdown table of the variants under one line about the model."""
+    lines = [
+        f"{report['model']}: {report['parameters']:,d} parameters, "
+        f"{report['gflops']:.2f} GFLOPs per image; input {'x'.join(map(str, report['input']))} "
+        f"on {report['device']} ({report['threads']} threads), torch {report['torch']}, "
+        f"median of {report['repeats']} after {report['warmup']} warm-up",
+        "",
+        "| variant | median ms | p10 ms | p90 ms | images/s | peak mem MB | max abs diff | note |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, result in report["variants"].items():
+        if "error" in result:
+            lines.append(f"| {name} | - | - | - | - | - | - | failed: {result['error']} |")
+            continue
+        t = result["latency_ms"]
+        lines.append(
+            f"| {name} | {t['median']:.1f} | {t['p10']:.1f} | {t['p90']:.1f} | "
+            f"{result['images_per_s']:.2f} | {result['peak_memory_mb']:.0f} | "
+            f"{result['max_abs_diff']:.1e} | {result['note']} |"
+        )
+    return "\n".join(lines)
+
+
+def cmd_benchmark(args: argparse.Namespace) -> None:
+    """`seglab benchmark`: print the table (and write JSON if asked)."""
+    import json
+
+    from seglab.export import parse_size
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    options = None
+    if args.small:
+        from seglab.models import model_info
+
+        options = dict(model_info(args.model).small_options)
+    report = benchmark(
+        args.model,
+        size=parse_size(args.size),
+        batch=args.batch,
+        device=args.device,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        variants=[v.strip() for v in args.variants.split(",") if v.strip()],
+        options=options,
+    )
+    print(format_report(report))
+    if args.json:
+        from seglab.engine.checkpoint import write_text_atomically
+
+        write_text_atomically(args.json, json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+
+
+def add_benchmark_command(subparsers) -> None:
+    """Declare `seglab benchmark MODEL_OR_CHECKPOINT [--size --batch --device --variants]`."""
+    parser = subparsers.add_parser(
+        "benchmark", help="latency, throughput, GFLOPs and memory, with deployment variants"
+    )
+    parser.add_argument(
+        "model", help="NAME.safetensors (with NAME.yaml) or a model name (paper configuration)"
+    )
+    parser.add_argument("--size", default="512x512", help="input HxW (default 512x512)")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument(
+        "--variants",
+        default="eager",
+        help=f"comma-separated, from: {','.join(VARIANTS)} (default eager)",
+    )
+    parser.add_argument("--repeats", type=int, default=20, help="timed passes (default 20)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed passes first (default 3)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--small", action="store_true", help="a model name in its small test configuration"
+    )
+    parser.add_argument("--json", help="also write the full report to this JSON file")
+    parser.set_defaults(func=cmd_benchmark)
+
+
+__all__ = [
+    "VARIANTS",
+    "add_benchmark_command",
+    "benchmark",
+    "count_flops",
+    "fold_batchnorm",
+    "format_report",
+    "model_gflops",
+]
