@@ -374,6 +374,9 @@ def _add_inference_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from seglab.benchmark import add_benchmark_command
+    from seglab.export import add_export_command
+
     parser = argparse.ArgumentParser(
         prog="seglab", description="Classic semantic segmentation: train, evaluate, predict."
     )
@@ -433,6 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("root")
     stats.add_argument("--split", default="train")
     stats.set_defaults(func=cmd_data_stats)
+    add_export_command(commands)
+    add_benchmark_command(commands)
     return parser
 
 
