@@ -100,16 +100,16 @@ def mean_field(
     compatibility: (K, K) cost mu(l, l'), or None for Potts.
     """
     q = torch.softmax(-unary, dim=1)
+    if not kernels:
+        return q
+    # One lattice whose filter is the sum of the kernels: one splat-blur-slice per iteration.
+    kernel = PermutohedralLattice.stack(kernels)
     for _ in range(iterations):
+        message = kernel.filter(q)
         if compatibility is None:
-            # Potts: -mu(message) = +message, up to a per-pixel constant; add it in place.
-            negative_energy = -unary
-            for kernel in kernels:
-                negative_energy = negative_energy + kernel.filter(q)
+            # Potts: -mu(message) = +message, up to a per-pixel constant.
+            negative_energy = message.sub_(unary)
         else:
-            message = torch.zeros_like(q)
-            for kernel in kernels:
-                message = message + kernel.filter(q)
             negative_energy = -unary - message @ compatibility
         q = torch.softmax(negative_energy, dim=1)
     return q
