@@ -69,8 +69,15 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 500  # the resume checkpoint; also at the end and on eval
     seed: int = 0
-    amp: bool = False  # bf16 autocast on the CPU, fp16 + gradient scaling on CUDA
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = False  # mixed precision: autocast to amp_dtype
+    amp_dtype: str = "auto"  # auto (CUDA: fp16 + grad scaling; CPU: bf16) | bfloat16 | float16
+    accumulate: int = 1  # micro-batches per step: batch 16 on one small GPU = 4 x 4
+    sync_bn: bool = False  # SyncBatchNorm across ranks under torchrun (PSPNet, DeepLab recipes)
+    channels_last: bool = False  # NHWC memory format (faster convolutions on recent GPUs)
+    compile: bool = False  # torch.compile the model
+    on_nonfinite: str = "stop"  # stop | skip: a NaN/inf loss stops the run or skips the step
+    tensorboard: bool = True  # also log to RUN_DIR/tensorboard when tensorboard is installed
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: this rank's GPU)
     threads: int | None = None  # torch CPU threads; None keeps torch's default
 
 

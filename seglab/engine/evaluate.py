@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -25,6 +27,29 @@ def batches_by_size(dataset: FolderDataset, batch_size: int, indices=None) -> li
         for group in groups.values()
         for start in range(0, len(group), batch_size)
     ]
+
+
+FALLBACK_WINDOW = [512, 512]
+
+
+def _predict_or_slide(model, images: torch.Tensor, inference: InferenceConfig) -> torch.Tensor:
+    """Whole-image prediction, retried by sliding window if the device runs out of memory."""
+    try:
+        return predict_probabilities(model, images, inference)
+    except torch.OutOfMemoryError:
+        if inference.mode != "whole":
+            raise
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        fallback = dataclasses.replace(
+            inference, mode="slide", crop_size=FALLBACK_WINDOW, batch_size=1
+        )
+        warnings.warn(
+            f"out of memory on a {tuple(images.shape[-2:])} image: evaluating it by sliding "
+            f"window {FALLBACK_WINDOW} instead (set inference.mode=slide to do so throughout)",
+            stacklevel=2,
+        )
+        return torch.cat([predict_probabilities(model, image[None], fallback) for image in images])
 
 
 @torch.no_grad()
@@ -51,7 +76,7 @@ def evaluate(
         samples = [dataset[i] for i in batch]
         images = torch.stack([s[0] for s in samples]).to(device)
         masks = torch.stack([s[1] for s in samples]).to(device)
-        probs = predict_probabilities(model, images, inference)
+        probs = _predict_or_slide(model, images, inference)
         confusion.update(probs.argmax(1), masks)
         if on_batch is not None:
             on_batch(batch, images, masks, probs)

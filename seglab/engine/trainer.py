@@ -1,8 +1,12 @@
 """The training loop: iteration-based, resumable to the bit, evaluating as it goes.
 
-Reads top to bottom: data, model, loss, optimizer, resume, then the loop. Everything a run
-produces goes to cfg.run_dir: config.yaml, metrics.jsonl, last.pt (resume state),
-best.safetensors / final.safetensors (+ .yaml) for inference.
+Reads top to bottom: world, data, model, loss, optimizer, resume, then the loop. Everything a
+run produces goes to cfg.run_dir, written by rank 0 only: config.yaml, metrics.jsonl, last.pt
+(resume state), best.safetensors / final.safetensors (+ .yaml), tensorboard/.
+
+Under torchrun each rank takes its slice of every global batch (cfg.data.batch_size), split
+further into cfg.train.accumulate micro-batches; gradients are averaged by DDP, so a step sees
+the same samples whatever the number of processes.
 """
 
 from __future__ import annotations
@@ -29,20 +33,13 @@ from seglab.engine.checkpoint import (
     set_rng_state,
     write_text_atomically,
 )
+from seglab.engine.distributed import World, any_rank, close_world, init_world, mean_over_ranks
 from seglab.engine.evaluate import evaluate
 from seglab.engine.optim import build_optimizer, build_scheduler
 from seglab.engine.sampler import TrainSampler
 from seglab.errors import SeglabError
 from seglab.losses import SegmentationLoss, dataset_median_frequency_weights
 from seglab.models import create_model
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SeglabError(f"train.device={name} but no CUDA device is available; use cpu or auto")
-    return torch.device(name)
 
 
 def build_datasets(cfg: Config, check: bool = True) -> tuple[FolderDataset, FolderDataset]:
@@ -86,6 +83,25 @@ def _truncate_log(path: Path, step: int) -> None:
         write_text_atomically(path, "".join(kept))
 
 
+def _amp_dtype(cfg: Config, device: torch.device) -> torch.dtype:
+    name = cfg.train.amp_dtype
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.bfloat16
+    if name not in ("bfloat16", "float16"):
+        raise SeglabError(f"train.amp_dtype {name!r} is not one of: auto, bfloat16, float16")
+    return getattr(torch, name)
+
+
+def _tensorboard_writer(cfg: Config, run_dir: Path):
+    if not cfg.train.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # optional extra: pip install 'seglab[tensorboard]'
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
 def train(
     cfg: Config, resume: bool = False, progress: bool = True, stop_after: int | None = None
 ) -> Path:
@@ -94,6 +110,21 @@ def train(
     stop_after: leave the loop after this step as an interrupted job would, with the resume
     checkpoint written (for time-boxed cluster jobs; `resume=True` continues the run).
     """
+    world, device = init_world(cfg.train.device)
+    try:
+        return _train(cfg, world, device, resume, progress and world.is_main, stop_after)
+    finally:
+        close_world()
+
+
+def _train(
+    cfg: Config,
+    world: World,
+    device: torch.device,
+    resume: bool,
+    progress: bool,
+    stop_after: int | None,
+) -> Path:
     run_dir = Path(cfg.run_dir)
     resume_path = run_dir / "last.pt"
     if resume_path.exists() and not resume:
@@ -101,27 +132,37 @@ def train(
             f"{run_dir} already holds a run; add --resume to continue it, or set run_dir=... "
             "to start a new one"
         )
-    device = resolve_device(cfg.train.device)
+    accumulate, batch = cfg.train.accumulate, cfg.data.batch_size
+    if accumulate < 1 or batch % (world.size * accumulate):
+        raise SeglabError(
+            f"data.batch_size={batch} must split evenly over {world.size} process(es) x "
+            f"train.accumulate={accumulate} micro-batches"
+        )
+    if cfg.train.on_nonfinite not in ("stop", "skip"):
+        raise SeglabError(f"train.on_nonfinite {cfg.train.on_nonfinite!r}: use stop or skip")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
 
     # Data: the label check runs before anything is written.
-    train_set, val_set = build_datasets(cfg)
+    train_set, val_set = build_datasets(cfg, check=True)
     num_classes = train_set.num_classes
-    sampler_generator = torch.Generator()  # keeps DataLoader off the global RNG (exact resume)
 
-    # Model, loss, optimizer, schedule.
-    model = create_model(cfg.model.name, num_classes, **cfg.model.options).to(device)
+    # Model (SyncBN, memory format, DDP, compile), loss, optimizer, schedule.
+    model = create_model(cfg.model.name, num_classes, **cfg.model.options)
+    if cfg.train.sync_bn and world.distributed:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same object, BN swapped
+    model.to(device)
+    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)
     aux_weights = cfg.loss.aux_weights
     if aux_weights is None:
         aux_weights = list(getattr(model, "aux_weights", []))
     criterion = SegmentationLoss(_class_weights(cfg, train_set), aux_weights).to(device)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.iters)
-    use_scaler = cfg.train.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    amp_dtype = _amp_dtype(cfg, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp and amp_dtype == torch.float16)
 
     step, best_miou = 0, -math.inf
     metrics_log = run_dir / "metrics.jsonl"
@@ -133,32 +174,47 @@ def train(
         scaler.load_state_dict(state["scaler"])
         step, best_miou = state["step"], state["best_miou"]
         set_rng_state(state["rng"])
-        _truncate_log(metrics_log, step)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
+        if world.is_main:
+            _truncate_log(metrics_log, step)
+            for stale in run_dir.glob(".*.tmp"):  # left by a process killed mid-write
+                stale.unlink(missing_ok=True)
+    net = model
+    if world.distributed:
+        device_ids = [device] if device.type == "cuda" else None
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    if cfg.train.compile:
+        net = torch.compile(net)
+    writer = None
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        writer = _tensorboard_writer(cfg, run_dir)
 
     def save_state() -> None:
-        save_resume(
-            resume_path,
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "step": step,
-                "best_miou": best_miou,
-            },
-        )
+        if world.is_main:
+            save_resume(
+                resume_path,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "step": step,
+                    "best_miou": best_miou,
+                },
+            )
 
+    micro_batch = batch // (world.size * accumulate)
     loader = DataLoader(
         train_set,
-        batch_size=cfg.data.batch_size,
-        sampler=TrainSampler(len(train_set), cfg.data.batch_size, cfg.train.seed, step),
+        batch_size=micro_batch,
+        sampler=TrainSampler(len(train_set), batch, cfg.train.seed, step, world.rank, world.size),
         num_workers=cfg.data.num_workers,
         pin_memory=device.type == "cuda",
-        generator=sampler_generator,
-        persistent_workers=False,
+        generator=torch.Generator(),  # keeps DataLoader off the global RNG (exact resume)
     )
+    batches = iter(loader)
+    val_indices = range(world.rank, len(val_set), world.size)  # each rank evaluates a shard
     model.train()
     bar = tqdm(
         total=cfg.train.iters,
@@ -168,66 +224,90 @@ def train(
         disable=not progress,
         dynamic_ncols=True,
     )
-    tic, images_seen = time.perf_counter(), 0
-    for images, masks in loader:
-        if step >= cfg.train.iters:
-            break
-        images = images.to(device, non_blocking=True)
-        masks = masks.to(device, non_blocking=True)
-        autocast = torch.autocast(device.type, amp_dtype) if cfg.train.amp else nullcontext()
-        with autocast:
-            loss = criterion(model(images), masks)
-        if not torch.isfinite(loss):  # stop before a NaN reaches the weights
-            raise SeglabError(
-                f"step {step + 1}: loss is {loss.item()}; lower optim.lr or set optim.grad_clip, "
-                f"then continue from the last good checkpoint with --resume ({resume_path})"
-            )
+    tic, steps_timed = time.perf_counter(), 0
+    while step < cfg.train.iters:
+        # One optimizer step = `accumulate` micro-batches; DDP syncs gradients on the last.
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if cfg.optim.grad_clip:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        scaler.step(optimizer)
+        step_loss = torch.zeros((), device=device)
+        for micro in range(accumulate):
+            images, masks = next(batches)
+            images = images.to(device, non_blocking=True, memory_format=memory_format)
+            masks = masks.to(device, non_blocking=True)
+            last = micro == accumulate - 1
+            sync = nullcontext() if last or not world.distributed else net.no_sync()
+            with sync:
+                with torch.autocast(device.type, amp_dtype, enabled=cfg.train.amp):
+                    loss = criterion(net(images), masks) / accumulate
+                scaler.scale(loss).backward()
+            step_loss += loss.detach()
+        step += 1
+        scaler.unscale_(optimizer)  # no-op without fp16 scaling; lets us see the true norm
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            model.parameters(), cfg.optim.grad_clip or math.inf
+        )
+        finite = torch.isfinite(step_loss) & (torch.isfinite(grad_norm) | scaler.is_enabled())
+        if any_rank(not finite.item(), device):
+            # The optimizer has not stepped: the weights are still the last finite ones.
+            if cfg.train.on_nonfinite == "stop":
+                raise SeglabError(
+                    f"step {step}: loss is {step_loss.item():.4g} with gradient norm "
+                    f"{grad_norm.item():.4g}; lower optim.lr or set optim.grad_clip, then "
+                    f"continue from the last good checkpoint with --resume ({resume_path}), "
+                    "or set train.on_nonfinite=skip"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            bar.write(f"step {step}: non-finite loss or gradient, step skipped")
+        scaler.step(optimizer)  # with fp16 the scaler itself skips steps with inf gradients
         scaler.update()
         scheduler.step()
-        step += 1
-        images_seen += images.shape[0]
+        steps_timed += 1
 
         if step % cfg.train.log_every == 0 or step == cfg.train.iters:
+            mean_loss = mean_over_ranks(step_loss).item()
             elapsed = time.perf_counter() - tic
             record = {
                 "step": step,
-                "loss": round(loss.item(), 5),
+                "loss": round(mean_loss, 5),
                 "lr": optimizer.param_groups[0]["lr"],
-                "images_per_s": round(images_seen / elapsed, 2),
+                "images_per_s": round(steps_timed * batch / elapsed, 2),
             }
-            _append_jsonl(metrics_log, record)
+            if world.is_main:
+                _append_jsonl(metrics_log, record)
+                if writer is not None:
+                    writer.add_scalar("train/loss", mean_loss, step)
+                    writer.add_scalar("train/lr", record["lr"], step)
             bar.set_postfix(
-                loss=f"{record['loss']:.3f}",
+                loss=f"{mean_loss:.3f}",
                 lr=f"{record['lr']:.2e}",
                 img_s=f"{record['images_per_s']:.1f}",
             )
-            tic, images_seen = time.perf_counter(), 0
+            tic, steps_timed = time.perf_counter(), 0
         bar.update(1)
 
         if step % cfg.train.eval_every == 0 or step == cfg.train.iters:
-            confusion = evaluate(model, val_set, device, cfg.inference, progress=False)
-            scores = confusion.compute()
-            _append_jsonl(
-                metrics_log,
-                {"step": step, "val": {k: v for k, v in scores.items() if not isinstance(v, list)}},
+            confusion = evaluate(
+                model, val_set, device, cfg.inference, progress=False, indices=val_indices
             )
+            scores = confusion.compute()
+            summary = {k: v for k, v in scores.items() if not isinstance(v, list)}
+            if world.is_main:
+                _append_jsonl(metrics_log, {"step": step, "val": summary})
+                if writer is not None:
+                    for key, value in summary.items():
+                        writer.add_scalar(f"val/{key}", value, step)
+                if scores["mean_iou"] > best_miou:
+                    save_weights(model, run_dir / "best.safetensors", train_set.classes)
+            best_miou = max(best_miou, scores["mean_iou"])
             bar.write(f"step {step}: val mIoU {100 * scores['mean_iou']:.2f}")
-            if scores["mean_iou"] > best_miou:
-                best_miou = scores["mean_iou"]
-                save_weights(model, run_dir / "best.safetensors", train_set.classes)
             save_state()
-            tic = time.perf_counter()
+            tic, steps_timed = time.perf_counter(), 0
         elif step % cfg.train.checkpoint_every == 0 or step == stop_after:
             save_state()
         if step == stop_after:
-            bar.close()
-            return run_dir
+            break
     bar.close()
-    save_weights(model, run_dir / "final.safetensors", train_set.classes)
+    if writer is not None:
+        writer.close()
+    if world.is_main and step == cfg.train.iters:
+        save_weights(model, run_dir / "final.safetensors", train_set.classes)
     return run_dir
