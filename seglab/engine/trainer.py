@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -151,7 +152,12 @@ def _train(
     # Model (SyncBN, memory format, DDP, compile), loss, optimizer, schedule.
     model = create_model(cfg.model.name, num_classes, **cfg.model.options)
     if cfg.train.sync_bn and world.distributed:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same object, BN swapped
+        if device.type == "cpu":  # PyTorch's SyncBatchNorm runs on GPUs only
+            warnings.warn(
+                "train.sync_bn needs CUDA; on the CPU each process keeps its own BN", stacklevel=2
+            )
+        else:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same object
     model.to(device)
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     model.to(memory_format=memory_format)
