@@ -34,11 +34,16 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def measure(size: int, classes: int, window: int, batch: int, model_name: str) -> dict:
-    """Run in this process (meant to be a fresh one): peak memory of one sliding-window pass."""
+def measure(
+    size: int, classes: int, window: int, batch: int, model_name: str, function: str
+) -> dict:
+    """Run in this process (meant to be a fresh one): peak memory of one sliding-window pass
+    of seglab.inference.slide_<function> (probabilities or labels)."""
     import torch
 
-    from seglab.inference import slide_probabilities
+    from seglab import inference
+
+    slide = getattr(inference, f"slide_{function}")
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     torch.manual_seed(0)
@@ -51,12 +56,12 @@ def measure(size: int, classes: int, window: int, batch: int, model_name: str) -
     model.eval()
     stride = [2 * window // 3] * 2
     with torch.no_grad():
-        slide_probabilities(model, torch.randn(1, 3, window, window), [window] * 2, stride, batch)
+        slide(model, torch.randn(1, 3, window, window), [window] * 2, stride, batch)
         images = torch.randn(1, 3, size, size)
         Path("/proc/self/clear_refs").write_text("5")
         before = _status_kib("VmRSS") * 1024
         start = time.perf_counter()
-        probs = slide_probabilities(model, images, [window] * 2, stride, batch)
+        probs = slide(model, images, [window] * 2, stride, batch)
         seconds = time.perf_counter() - start
     peak = _status_kib("VmHWM") * 1024
     output = probs.numel() * probs.element_size()
@@ -66,6 +71,7 @@ def measure(size: int, classes: int, window: int, batch: int, model_name: str) -
         "window": window,
         "batch": batch,
         "model": model_name,
+        "function": function,
         "input_bytes": images.numel() * images.element_size(),
         "output_bytes": output,
         "extra_bytes": peak - before,
@@ -75,12 +81,18 @@ def measure(size: int, classes: int, window: int, batch: int, model_name: str) -
 
 
 def measure_in_subprocess(
-    size: int, classes: int = 19, window: int = 512, batch: int = 4, model: str = "unet"
+    size: int,
+    classes: int = 19,
+    window: int = 512,
+    batch: int = 4,
+    model: str = "unet",
+    function: str = "probabilities",
 ) -> dict:
     """measure() in a fresh interpreter, so earlier allocations cannot hide the peak."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, __file__, "--measure", str(size), "--classes", str(classes)]
     command += ["--window", str(window), "--batch", str(batch), "--model", model]
+    command += ["--function", function]
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"measurement of {size} failed:\n{done.stderr}")
@@ -114,18 +126,25 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=512)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--model", choices=["unet", "conv"], default="unet")
+    parser.add_argument(
+        "--functions", nargs="+", choices=["probabilities", "labels"], default=["probabilities"]
+    )
+    parser.add_argument("--function", choices=["probabilities", "labels"], default="probabilities")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
     if args.measure:
-        result = measure(args.measure, args.classes, args.window, args.batch, args.model)
+        result = measure(
+            args.measure, args.classes, args.window, args.batch, args.model, args.function
+        )
         print(json.dumps(result))
         return
 
     rows = []
-    for size in args.sizes:
-        r = measure_in_subprocess(size, args.classes, args.window, args.batch, args.model)
+    for function, size in ((f, s) for f in args.functions for s in args.sizes):
+        r = measure_in_subprocess(size, args.classes, args.window, args.batch, args.model, function)
         rows.append(
-            f"| {size}x{size} | {r['input_bytes'] / MIB:.0f} | {r['output_bytes'] / MIB:.0f} "
+            f"| slide_{function} | {size}x{size} | {r['input_bytes'] / MIB:.0f} "
+            f"| {r['output_bytes'] / MIB:.0f} "
             f"| {r['extra_bytes'] / MIB:.0f} | {r['beyond_output_bytes'] / MIB:.0f} "
             f"| {r['seconds']:.1f} |"
         )
@@ -133,14 +152,16 @@ def main() -> None:
     table = (
         f"{SECTION}\n\n"
         f"`python benchmarks/large_image_memory.py` ({platform.machine()} CPU, 1 thread): "
-        f"seglab.inference.slide_probabilities, model {args.model} "
+        f"seglab.inference.slide_probabilities (returns (1, K, H, W) float32) and slide_labels "
+        f"(returns (1, H, W) uint8, streamed by rows of windows), model {args.model} "
         f"({'U-Net width 16, depth 4, same padding' if args.model == 'unet' else '3x3 conv'}), "
         f"{args.classes} classes, window {args.window}, stride {2 * args.window // 3}, "
         f"{args.batch} windows per pass, batch of one image. Peak = growth of the process's "
         "resident-set high-water mark (VmHWM) during the call, in a fresh process; "
-        "output = the (1, K, H, W) float32 probabilities the call returns.\n\n"
-        "| image | input MiB | output MiB | peak extra MiB | peak beyond output MiB | s |\n"
-        "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+        "output = what the call returns; the float32 input is allocated before.\n\n"
+        "| function | image | input MiB | output MiB | peak extra MiB "
+        "| peak beyond output MiB | s |\n"
+        "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
     )
     if not args.no_write:
         write_results_section(table)

@@ -35,6 +35,14 @@ def _window_starts(size: int, window: int, stride: int) -> list[int]:
     return starts + [size - window]
 
 
+def _check_stride(window: Sequence[int], stride: Sequence[int]) -> None:
+    if any(s > w or s < 1 for s, w in zip(stride, window, strict=True)):
+        raise SeglabError(
+            f"inference.stride {list(stride)} must be 1..crop_size {list(window)}: a larger "
+            "step leaves pixels that no window covers"
+        )
+
+
 def slide_probabilities(
     model: torch.nn.Module,
     images: torch.Tensor,
@@ -57,6 +65,7 @@ def slide_probabilities(
     if pad_h or pad_w:  # only images smaller than the window are copied
         images = F.pad(images, (0, pad_w, 0, pad_h))
     ph, pw = images.shape[-2:]
+    _check_stride(window, stride)
     ys, xs = _window_starts(ph, wh, stride[0]), _window_starts(pw, ww, stride[1])
     # The windows form a grid, so the number covering pixel (y, x) is rows(y) * cols(x):
     # two 1-D counts instead of an (H, W) map.
@@ -81,6 +90,61 @@ def slide_probabilities(
         del probs
     total.div_(rows[:, None]).div_(cols)
     return total[..., :h, :w]
+
+
+@torch.no_grad()
+def slide_labels(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    window: Sequence[int],
+    stride: Sequence[int],
+    batch_size: int,
+) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, H, W) uint8 labels: slide_probabilities(...).argmax(1), streamed.
+
+    Windows are taken one row of windows at a time; once the next row starts below a band of
+    image rows, no later window touches that band, so it is averaged, reduced to labels and
+    its probabilities dropped. Peak memory is the uint8 output plus a (B, K, window_h, W)
+    float32 band (and a copy of the rows it carries over), instead of (B, K, H, W): what a
+    10k x 10k aerial or pathology image needs. Needs K <= 256 (uint8 labels).
+    """
+    b, _, h, w = images.shape
+    wh, ww = window
+    pad_h, pad_w = max(wh - h, 0), max(ww - w, 0)
+    if pad_h or pad_w:
+        images = F.pad(images, (0, pad_w, 0, pad_h))
+    ph, pw = images.shape[-2:]
+    _check_stride(window, stride)
+    ys, xs = _window_starts(ph, wh, stride[0]), _window_starts(pw, ww, stride[1])
+    rows = images.new_zeros(ph, dtype=torch.float32)
+    cols = images.new_zeros(pw, dtype=torch.float32)
+    for y in ys:
+        rows[y : y + wh] += 1
+    for x in xs:
+        cols[x : x + ww] += 1
+    labels = torch.empty(b, ph, pw, dtype=torch.uint8, device=images.device)
+    per_pass = max(1, batch_size // b)
+    band = None  # (B, K, wh, PW) probability sums for image rows y .. y + wh
+    for row, y in enumerate(ys):
+        for start in range(0, len(xs), per_pass):
+            chunk = xs[start : start + per_pass]
+            crops = torch.cat([images[..., y : y + wh, x : x + ww] for x in chunk])
+            probs = _logits(model, crops).float().softmax(1)  # (len(chunk) * B, K, wh, ww)
+            if band is None:
+                band = probs.new_zeros(b, probs.shape[1], wh, pw)
+            for i, x in enumerate(chunk):
+                band[..., x : x + ww] += probs[i * b : (i + 1) * b]
+            del crops, probs
+        # Rows y .. next_y are final: average them, keep their labels, shift the rest up.
+        next_y = ys[row + 1] if row + 1 < len(ys) else ph
+        finished = next_y - y
+        done = band[:, :, :finished]
+        done.div_(rows[y:next_y, None]).div_(cols)
+        labels[:, y:next_y] = done.argmax(1).to(torch.uint8)
+        keep = wh - finished
+        band[:, :, :keep] = band[:, :, finished:].clone()
+        band[:, :, keep:] = 0
+    return labels[:, :h, :w]
 
 
 def overlap_tile_probabilities(

@@ -13,7 +13,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from seglab.config import InferenceConfig
-from seglab.inference import overlap_tile_probabilities, predict_probabilities, slide_probabilities
+from seglab.errors import SeglabError
+from seglab.inference import (
+    overlap_tile_probabilities,
+    predict_probabilities,
+    slide_labels,
+    slide_probabilities,
+)
 from seglab.models.unet import UNet
 
 K = 4
@@ -101,6 +107,26 @@ def test_slide_treats_each_image_of_a_batch_like_a_batch_of_one():
     torch.testing.assert_close(together, torch.cat(alone), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("batch", "size", "window", "stride", "per_pass"),
+    [
+        (1, (40, 52), (16, 16), (12, 12), 4),
+        (2, (37, 29), (16, 20), (5, 7), 3),  # several rows of windows per band
+        (1, (50, 20), (16, 16), (16, 16), 1),
+        (2, (10, 12), (16, 16), (8, 8), 8),  # smaller than the window
+    ],
+)
+def test_streamed_slide_labels_equal_the_argmax_of_slide_probabilities(
+    batch, size, window, stride, per_pass
+):
+    model, images = LocalModel(), images_of(batch, 3, *size)
+    with torch.no_grad():
+        expected = slide_probabilities(model, images, window, stride, per_pass).argmax(1)
+    labels = slide_labels(model, images, window, stride, per_pass)
+    assert labels.dtype == torch.uint8 and labels.shape == (batch, *size)
+    assert torch.equal(labels.long(), expected)
+
+
 @pytest.mark.parametrize("mode", ["whole", "slide"])
 def test_single_scale_without_flip_equals_whole(mode):
     model, images = pointwise_model(), images_of(2, 3, 24, 30)
@@ -167,11 +193,40 @@ def test_slide_peak_memory_beyond_the_output_does_not_grow_with_image_size():
     assert large["beyond_output_bytes"] < large["output_bytes"] / 2
 
 
-def test_memory_benchmark_runs_as_a_script(tmp_path):
+@pytest.mark.slow
+def test_streamed_slide_labels_memory_grows_with_the_width_only():
+    """slide_labels holds a (1, K, window, W) band of probabilities, not all of them: from
+    1024^2 to 2048^2 its peak may grow by the band's growth (plus the carried-over copy),
+    8 MiB here, while the (1, K, H, W) map it avoids would grow by 48 MiB."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from large_image_memory import measure_in_subprocess
+    finally:
+        sys.path.pop(0)
+    small, large = (
+        measure_in_subprocess(size, K, window=256, batch=4, model="conv", function="labels")
+        for size in (1024, 2048)
+    )
+    mib = 2**20
+    band_growth = 2 * K * 256 * (2048 - 1024) * 4
+    growth = large["extra_bytes"] - small["extra_bytes"]
+    assert large["output_bytes"] == 2048 * 2048  # uint8 labels
+    assert growth < band_growth + 4 * mib, f"peak grew by {growth / mib:.1f} MiB"
+
+
+@pytest.mark.slow
+def test_memory_benchmark_runs_as_a_script():
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "large_image_memory.py"), "--sizes", "256",
          "--model", "conv", "--window", "128", "--no-write"],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("| 256x256 |")
+    assert done.stdout.startswith("| slide_probabilities | 256x256 |")
+
+
+def test_a_stride_larger_than_the_window_is_a_one_line_error():
+    model, images = pointwise_model(), images_of(1, 3, 40, 40)
+    for slide in (slide_probabilities, slide_labels):
+        with pytest.raises(SeglabError, match=r"inference.stride \[20, 8\] must be 1..crop_size"):
+            slide(model, images, (16, 16), (20, 8), 4)
