@@ -126,3 +126,16 @@ def test_head_parameters_get_the_lr_multiplier():
     encoder = sum(p.numel() for p in model.encoder.parameters())
     assert by_lr[0.1] == encoder
     assert by_lr[1.0] == sum(p.numel() for p in model.parameters() if p.requires_grad) - encoder
+
+
+def test_tensorboard_events_hold_loss_lr_miou_and_a_sample_prediction(tiny_config, tmp_path):
+    pytest.importorskip("tensorboard", reason="tensorboard is in the test extra")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(tiny_config(), progress=False)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {"train/loss", "train/lr", "val/mean_iou"} <= set(tags["scalars"])
+    assert [e.step for e in events.Scalars("val/mean_iou")] == [3, 6]
+    assert "val/truth_and_prediction" in tags["images"]

@@ -18,6 +18,7 @@ import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -101,6 +102,23 @@ def _tensorboard_writer(cfg: Config, run_dir: Path):
     except ImportError:  # optional extra: pip install 'seglab[tensorboard]'
         return None
     return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+@torch.no_grad()
+def _log_sample_prediction(writer, model, val_set, device: torch.device, step: int) -> None:
+    """TensorBoard image: the first validation image, its ground truth and the prediction."""
+    from seglab.engine.report import overlay
+
+    was_training = model.training
+    model.eval()
+    image, truth = val_set.load(0)
+    tensor, _ = val_set[0]
+    logits = model(tensor[None].to(device))
+    prediction = logits.argmax(1)[0].cpu().numpy().astype("uint8")
+    colors = val_set.classes.colors
+    strip = np.concatenate([overlay(image, truth, colors), overlay(image, prediction, colors)], 1)
+    writer.add_image("val/truth_and_prediction", strip, step, dataformats="HWC")
+    model.train(was_training)
 
 
 def train(
@@ -301,6 +319,7 @@ def _train(
                 if writer is not None:
                     for key, value in summary.items():
                         writer.add_scalar(f"val/{key}", value, step)
+                    _log_sample_prediction(writer, model, val_set, device, step)
                 if scores["mean_iou"] > best_miou:
                     save_weights(model, run_dir / "best.safetensors", train_set.classes)
             best_miou = max(best_miou, scores["mean_iou"])
