@@ -134,12 +134,14 @@ def evaluate_checkpoint(
     crf: str | None = None,
     num_overlays: int = 6,
     progress: bool = True,
+    data_format: str | None = None,
 ) -> tuple[dict, Path]:
     """Evaluate weights on a dataset split and write the report. Returns (metrics, report)."""
     import torch
 
     from seglab.config import load_config
-    from seglab.data.folder import FolderDataset, check_dataset
+    from seglab.data import build_dataset
+    from seglab.data.folder import check_dataset
     from seglab.data.transforms import eval_transform
     from seglab.engine.checkpoint import load_weights
     from seglab.engine.evaluate import evaluate
@@ -154,7 +156,8 @@ def evaluate_checkpoint(
         data_root = cfg.data.root
     split = split or (cfg.data.val_split if cfg else "val")
     inference = inference or (cfg.inference if cfg else None)
-    dataset = FolderDataset(data_root, split, eval_transform())
+    data_format = data_format or (cfg.data.format if cfg else "folder")
+    dataset = build_dataset(data_format, data_root, split, eval_transform())
     check_dataset(dataset, progress)
     model, meta = load_weights(weights)
     if meta["num_classes"] != dataset.num_classes:
@@ -220,6 +223,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         _inference_config(args) if (args.mode or args.crop or args.scales or args.flip) else None,
         args.crf,
         progress=not args.quiet,
+        data_format=args.format,
     )
     print(
         f"mIoU {100 * metrics['mean_iou']:.2f}  pixel acc {100 * metrics['pixel_accuracy']:.2f}"
@@ -401,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = commands.add_parser("eval", help="evaluate weights or a run directory; write a report")
     ev.add_argument("checkpoint", help="NAME.safetensors (with NAME.yaml) or a run directory")
     ev.add_argument("--data", help="dataset root (default: the run's)")
+    ev.add_argument("--format", help="dataset layout, e.g. folder, voc (default: the run's)")
     ev.add_argument("--split", help="split to evaluate (default: the run's val split)")
     ev.add_argument("--out", help="report folder (default: next to the weights, report/)")
     _add_inference_options(ev)
