@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 from seglab.errors import SeglabError
@@ -90,30 +92,56 @@ def model_gflops(name: str, size: Size = (512, 512), **options: Any) -> float:
 
 
 # ---------------------------------------------------------------------------- BN folding
-def _conv_bn_pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[str, str]]:
-    """(conv name, bn name) where the BN's input is exactly the conv's untouched output.
+class _UseCounter(TorchFunctionMode):
+    """Counts, per tensor object, the torch calls that read it and return a tensor (metadata
+    queries such as x.dim() or x.shape return none and are not uses)."""
 
-    Found by running the model once with hooks, not by the order modules were registered in:
-    registration order says nothing about data flow, identity of the tensor object does. An
-    in-place change between the two (x = conv(x); x += skip; bn(x)) bumps the tensor's
-    version counter and rules the pair out.
+    def __init__(self, watched: dict[int, torch.Tensor]) -> None:
+        super().__init__()
+        self.watched = watched
+        self.uses: dict[int, int] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if any(isinstance(leaf, torch.Tensor) for leaf in tree_leaves(out)):
+            for leaf in tree_leaves((args, kwargs or {})):
+                if isinstance(leaf, torch.Tensor) and self.watched.get(id(leaf)) is leaf:
+                    self.uses[id(leaf)] = self.uses.get(id(leaf), 0) + 1
+        return out
+
+
+def _conv_bn_pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[str, str]]:
+    """(conv name, bn name) pairs where folding the BN into the conv changes nothing else.
+
+    Found by running the model once, not from the order modules were registered in (which
+    says nothing about data flow). A pair qualifies when the BN's input is the very tensor
+    the conv returned, untouched (its version counter unchanged: no x += skip in between),
+    that tensor has no other reader (no residual taking the conv output before BN), and the
+    conv and the BN each run once per forward pass (no weight sharing).
     """
-    outputs: dict[int, tuple[str, torch.Tensor, int]] = {}
-    pairs: list[tuple[str, str]] = []
+    outputs: dict[int, torch.Tensor] = {}
+    producer: dict[int, tuple[str, int]] = {}  # tensor id -> (conv name, version)
+    candidates: list[tuple[str, str, int]] = []
+    calls: dict[str, int] = {}
     handles = []
 
     def remember(name: str) -> Callable:
         def hook(module, args, output):
+            calls[name] = calls.get(name, 0) + 1
             if isinstance(output, torch.Tensor):
-                outputs[id(output)] = (name, output, output._version)
+                outputs[id(output)] = output
+                producer[id(output)] = (name, output._version)
 
         return hook
 
     def match(name: str) -> Callable:
         def hook(module, args):
-            found = outputs.get(id(args[0])) if args else None
-            if found is not None and found[1] is args[0] and found[2] == args[0]._version:
-                pairs.append((found[0], name))
+            calls[name] = calls.get(name, 0) + 1
+            x = args[0] if args else None
+            if isinstance(x, torch.Tensor) and outputs.get(id(x)) is x:
+                conv, version = producer[id(x)]
+                if x._version == version:
+                    candidates.append((conv, name, id(x)))
 
         return hook
 
@@ -122,15 +150,18 @@ def _conv_bn_pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[str, s
             handles.append(module.register_forward_hook(remember(name)))
         elif isinstance(module, nn.BatchNorm2d):
             handles.append(module.register_forward_pre_hook(match(name)))
+    counter = _UseCounter(outputs)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), counter:
             model(example)
     finally:
         for handle in handles:
             handle.remove()
-    used_convs = [conv for conv, _ in pairs]
-    # A conv applied twice, or feeding two BNs, cannot absorb one BN: leave it alone.
-    return [(c, b) for c, b in dict.fromkeys(pairs) if used_convs.count(c) == 1]
+    return [
+        (conv, bn)
+        for conv, bn, tensor in candidates
+        if counter.uses.get(tensor) == 1 and calls[conv] == 1 and calls[bn] == 1
+    ]
 
 
 def fold_batchnorm(model: nn.Module, example: torch.Tensor | None = None) -> nn.Module:

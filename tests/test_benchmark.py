@@ -1,0 +1,116 @@
+"""Benchmark harness: FLOPs against a hand count, BN folding, report fields (never timings)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from seglab.benchmark import benchmark, count_batchnorms, count_flops, fold_batchnorm
+from seglab.cli import main
+from seglab.models import MODELS, count_parameters, create_model
+
+
+class PlainConvNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.act = nn.ReLU()
+        self.classifier = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.act(self.conv(x)))
+
+
+def test_flops_of_plain_conv_net_equal_hand_count():
+    # 2 FLOPs per multiply-accumulate; biases and ReLU are not counted.
+    conv3x3 = 2 * (32 * 32 * 8) * (3 * 3 * 3)  # output pixels x channels, x kernel volume
+    conv1x1 = 2 * (32 * 32 * 2) * 8
+    assert count_flops(PlainConvNet(), (32, 32)) == conv3x3 + conv1x1 == 475_136
+    assert count_flops(PlainConvNet(), (32, 32), batch=3) == 3 * 475_136
+
+
+def with_random_bn_statistics(model: nn.Module) -> nn.Module:
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.copy_(0.2 * torch.randn(module.num_features, generator=generator))
+            module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+            with torch.no_grad():
+                module.weight.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
+                module.bias.copy_(0.1 * torch.randn(module.num_features, generator=generator))
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ["deeplabv3plus", "segnet"])
+def test_fold_batchnorm_removes_every_bn_and_keeps_outputs(name):
+    if name not in MODELS:
+        pytest.skip(f"{name} is not registered")
+    torch.manual_seed(0)
+    model = with_random_bn_statistics(
+        create_model(name, num_classes=3, **MODELS[name].small_options)
+    )
+    folded = fold_batchnorm(model)
+    assert count_batchnorms(model) > 0 and count_batchnorms(folded) == 0
+    x = torch.randn(2, 3, 67, 75)
+    with torch.no_grad():
+        expected, got = model(x), folded(x)
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
+    assert count_batchnorms(model) > 0, "the original model is left as it was"
+
+
+class SharedConvOutput(nn.Module):
+    """conv1's output feeds BN and also the residual; conv2's output is changed in place."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.conv2, self.bn2 = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.conv3, self.bn3 = nn.Conv2d(4, 4, 1, bias=False), nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv1(x)
+        z = self.conv2(self.bn1(y) + y)
+        z += 1  # in place: bn2 does not see conv2's output any more
+        return self.bn3(self.conv3(self.bn2(z)))
+
+
+def test_fold_batchnorm_leaves_bn_whose_conv_output_is_read_elsewhere_or_changed():
+    model = with_random_bn_statistics(SharedConvOutput())
+    folded = fold_batchnorm(model)
+    assert isinstance(folded.bn1, nn.BatchNorm2d), "conv1's raw output also feeds the residual"
+    assert isinstance(folded.bn2, nn.BatchNorm2d), "an in-place change between conv2 and bn2"
+    assert isinstance(folded.bn3, nn.Identity) and folded.conv3.bias is not None
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), model(x), atol=1e-5)
+
+
+def test_benchmark_reports_sane_fields():
+    model = create_model("unet", num_classes=3, width=4, depth=2, padding="same", batch_norm=True)
+    variants = ("eager", "channels_last", "bn_folded", "onnxruntime")
+    report = benchmark(model, size=(32, 48), batch=2, repeats=3, warmup=1, variants=variants)
+    assert report["parameters"] == count_parameters(model)
+    assert report["gflops"] == pytest.approx(count_flops(model, (32, 48)) / 1e9)
+    assert report["gflops"] > 0 and report["input"] == [2, 3, 32, 48]
+    assert list(report["variants"]) == list(variants)
+    for name, result in report["variants"].items():
+        if name == "onnxruntime" and "error" in result:
+            pytest.importorskip("onnxruntime")  # missing extra: an error entry, not a crash
+            raise AssertionError(result["error"])
+        latency = result["latency_ms"]
+        assert 0 < latency["p10"] <= latency["median"] <= latency["p90"]
+        assert latency["iqr"] >= 0
+        assert result["images_per_s"] == pytest.approx(2000 / latency["median"])
+        assert result["peak_memory_mb"] >= 0
+        assert result["max_abs_diff"] < 1e-4
+    assert report["variants"]["bn_folded"]["note"].startswith("10 of 10 BN folded")
+
+
+def test_cli_benchmark_prints_table_and_rejects_unknown_variant(capsys):
+    args = ["benchmark", "fcn32s", "--small", "--size", "32x32", "--repeats", "2", "--warmup"]
+    assert main([*args, "1", "--variants", "eager,bn_folded"]) == 0
+    printed = capsys.readouterr().out
+    assert "GFLOPs per image" in printed and "| bn_folded |" in printed
+    assert main([*args, "1", "--variants", "eager,turbo"]) == 2
+    assert "unknown variant 'turbo'" in capsys.readouterr().err
