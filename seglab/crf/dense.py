@@ -104,6 +104,15 @@ def mean_field(
         return q
     # One lattice whose filter is the sum of the kernels: one splat-blur-slice per iteration.
     kernel = PermutohedralLattice.stack(kernels)
+    # With Potts, -energy = message - unary <= message once each pixel's smallest cost is 0,
+    # and the message is at most the filtered ones. Below exp's float32 range, softmax needs no
+    # max subtraction, and a matrix-vector product sums the K exponentials: together about
+    # twice as fast as torch.softmax over a short last dimension.
+    unary = unary - unary.amin(1, keepdim=True)
+    ones = torch.ones(unary.shape[1], 1, device=unary.device)
+    fast = (
+        compatibility is None and float(kernel.filter(ones[:1].expand_as(unary[:, :1])).max()) < 80
+    )
     for _ in range(iterations):
         message = kernel.filter(q)
         if compatibility is None:
@@ -111,7 +120,11 @@ def mean_field(
             negative_energy = message.sub_(unary)
         else:
             negative_energy = -unary - message @ compatibility
-        q = torch.softmax(negative_energy, dim=1)
+        if fast:
+            q = negative_energy.exp_()
+            q.mul_((q @ ones).reciprocal_())
+        else:
+            q = torch.softmax(negative_energy, dim=1)
     return q
 
 

@@ -162,9 +162,12 @@ class PermutohedralLattice:
             - d1 * torch.cat([torch.zeros_like(base)[:, None], wrapped[:, :d]], 1)
         )
         codes = codes.reshape(-1)
+        if float(torch.prod(span.double())) < 2.0**31:
+            codes = codes.int()  # halves the sort's memory traffic
 
         # One sort gives the vertices (unique codes), each entry's vertex and the splat groups.
-        sorted_codes, by_vertex = torch.sort(codes)
+        # (stable=True lets PyTorch use its radix sort for integers on CPU.)
+        sorted_codes, by_vertex = torch.sort(codes, stable=True)
         vertex_codes, counts = torch.unique_consecutive(sorted_codes, return_counts=True)
         m = vertex_codes.numel()
         splat_offset = torch.zeros(m, dtype=torch.long, device=device)
