@@ -245,6 +245,9 @@ class Segmenter:
 
     segmenter = Segmenter.from_checkpoint("runs/demo/best.safetensors")
     labels = segmenter.predict("photo.jpg")  # (H, W) uint8 class ids
+
+    device="auto" picks CUDA when torch sees it, else the CPU. crf="deeplab-largefov" (any
+    name in seglab.crf.PRESETS) refines every prediction with the dense CRF on the image.
     """
 
     def __init__(
@@ -253,11 +256,44 @@ class Segmenter:
         classes: ClassInfo | None = None,
         device: str | torch.device = "cpu",
         inference: InferenceConfig | None = None,
+        crf: str | None = None,
     ) -> None:
-        self.device = torch.device(device)
+        self.device = self.resolve_device(device)
         self.model = model.to(self.device).eval()
         self.classes = classes
         self.inference = inference or InferenceConfig()
+        self.crf = self.check_crf_preset(crf)
+
+    @staticmethod
+    def resolve_device(device: str | torch.device) -> torch.device:
+        """The device for `device`; "auto" is CUDA when available, else the CPU."""
+        if str(device) == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise SeglabError(f"device {device} asked for, but torch sees no CUDA device here")
+        return device
+
+    @staticmethod
+    def check_crf_preset(crf: str | None) -> str | None:
+        """The preset name if seglab.crf knows it; None means no CRF."""
+        if crf is None:
+            return None
+        try:
+            from seglab.crf import PRESETS
+        except ImportError as error:
+            raise SeglabError(
+                f"crf={crf!r} needs seglab.crf, which fails to import: {error}"
+            ) from None
+        if crf not in PRESETS:
+            raise SeglabError(f"unknown CRF preset {crf!r}; choose from {', '.join(PRESETS)}")
+        return crf
+
+    def refine_with_crf(self, probs: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """(B, K, H, W) probabilities, (B, 3, H, W) uint8 images -> CRF marginals, same shape."""
+        from seglab.crf import dense_crf
+
+        return dense_crf(probs, images.to(probs.device), preset=self.crf)
 
     @classmethod
     def from_checkpoint(
@@ -265,6 +301,7 @@ class Segmenter:
         path: str | Path,
         device: str | torch.device = "cpu",
         inference: InferenceConfig | None = None,
+        crf: str | None = None,
     ) -> Segmenter:
         from seglab.engine.checkpoint import load_weights
 
@@ -274,7 +311,7 @@ class Segmenter:
             classes = ClassInfo(
                 [c["name"] for c in meta["classes"]], [tuple(c["color"]) for c in meta["classes"]]
             )
-        return cls(model, classes, device, inference)
+        return cls(model, classes, device, inference, crf=crf)
 
     @property
     def num_classes(self) -> int:
@@ -292,6 +329,8 @@ class Segmenter:
                 chunk = indices[start : start + self.inference.batch_size]
                 batch = torch.stack([tensors[i] for i in chunk]).to(self.device)
                 probs = predict_probabilities(self.model, normalize_image(batch), self.inference)
+                if self.crf:
+                    probs = self.refine_with_crf(probs, batch)
                 for i, prob in zip(chunk, probs, strict=True):
                     results[i] = (
                         prob.cpu().numpy()
