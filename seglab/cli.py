@@ -66,6 +66,7 @@ def cmd_data_stats(args: argparse.Namespace) -> None:
 def cmd_models(args: argparse.Namespace) -> None:
     import inspect
 
+    from seglab.benchmark import model_gflops
     from seglab.models import MODELS, count_parameters, create_model
 
     for name in sorted(MODELS):
@@ -74,7 +75,11 @@ def cmd_models(args: argparse.Namespace) -> None:
         if args.table:
             paper = info.paper_options or {"num_classes": 21}
             params = count_parameters(create_model(name, **paper))
-            line = f"{name:<18} {params:>13,d} params ({paper})  {info.summary}"
+            gflops = model_gflops(name, (512, 512), **paper)  # FlopCounterMode: 2 per MAC
+            line = (
+                f"{name:<18} {params:>13,d} params {gflops:>7.1f} GFLOPs@512x512 ({paper})  "
+                f"{info.summary}"
+            )
         print(line)
         if args.verbose:
             options = [
