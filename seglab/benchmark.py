@@ -80,12 +80,13 @@ def count_flops(model: nn.Module, size: Size = (512, 512), batch: int = 1) -> in
 
 
 def model_gflops(name: str, size: Size = (512, 512), **options: Any) -> float:
-    """GFLOPs of a registered model per (3, H, W) image; options default to the paper's
-    configuration (e.g. for a `seglab models --table` column). Built on the meta device."""
+    """GFLOPs of a registered model per (C, H, W) image; options default to the paper's
+    configuration, input channels included (e.g. for a `seglab models --table` column).
+    Built on the meta device: no memory for weights, about a second for a ResNet-101."""
     from seglab.models import create_model, model_info
 
     info = model_info(name)
-    kwargs = {"num_classes": 21, **info.paper_options, "in_channels": 3, **options}
+    kwargs = {"num_classes": 21, **info.paper_options, **options}
     with torch.device("meta"):
         model = create_model(name, **kwargs)
     return count_flops(model, size) / 1e9
