@@ -93,6 +93,6 @@ def test_training_mode_returns_the_aux_output_weighted_0_4():
 
 def test_short_training_beats_chance(shapes_root, tmp_path):
     scores = short_training_scores(
-        shapes_root, tmp_path / "run", "pspnet", "{encoder: resnet18d, head_channels: 64}"
+        shapes_root, tmp_path / "run", "pspnet", "{encoder: resnet18d, head_channels: 64}", iters=30
     )
     assert scores["mean_accuracy"] > 2 / 6, scores
