@@ -165,3 +165,24 @@ def test_one_message_equals_pydensecrf_message():
     # into the neighbouring simplex in one float32 order and not the other, which moves its
     # own and its neighbours' messages a little.
     assert close.mean() > 0.995
+
+
+def test_grid_search_ranks_a_colour_aware_kernel_above_a_colour_blind_one():
+    from seglab.crf.search import grid_search
+
+    scenes = [_scene(40, 50, 3, 2.5, seed=s) for s in (10, 11)]
+    images, labels, probabilities = zip(*scenes, strict=True)
+    results = grid_search(
+        probabilities, images, labels, 3, [5.0], [30.0], [3.0, 1000.0], "deeplab-largefov"
+    )
+    assert [params.theta_beta for params, _ in results] == [3.0, 1000.0]
+    assert results[0][1] > results[1][1]
+    # The mean IoU is the confusion-matrix one: recompute the best by hand.
+    best = results[0][0]
+    hits, union = [0] * 3, [0] * 3
+    for image, label, probs in scenes:
+        pred = dense_crf(probs[None], image[None], preset=best)[0].argmax(0)
+        for c in range(3):
+            hits[c] += int(((pred == c) & (label == c)).sum())
+            union[c] += int(((pred == c) | (label == c)).sum())
+    assert abs(results[0][1] - sum(h / u for h, u in zip(hits, union, strict=True)) / 3) < 1e-9
