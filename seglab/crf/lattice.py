@@ -189,10 +189,11 @@ class PermutohedralLattice:
             # One weighted bag per vertex, v + (first + second) / 2, missing ones left out.
             bag = torch.stack([torch.arange(m, device=device), first, second[:m]], 1)
             present = bag < m
-            bag_weight = torch.tensor([1.0, 0.5, 0.5], device=device).expand(m, 3)
             offset = torch.zeros(m, dtype=torch.long, device=device)
             offset[1:] = present.sum(1)[:-1].cumsum(0)
-            blur.append((bag[present], bag_weight[present], offset))
+            kept = present.view(-1).nonzero().squeeze(1)  # one nonzero for both gathers
+            bag_weight = torch.where(kept % 3 == 0, 1.0, 0.5)
+            blur.append((bag.view(-1)[kept], bag_weight, offset))
 
         alpha = 1.0 / (1.0 + 2.0**-d)
         return cls(
