@@ -29,27 +29,23 @@ def cmd_data_shapes(args: argparse.Namespace) -> None:
 
 
 def cmd_data_check(args: argparse.Namespace) -> None:
-    from seglab.data.folder import FolderDataset, check_dataset
+    from seglab.data import build_dataset
+    from seglab.data.folder import check_dataset
+    from seglab.data.summary import dataset_splits, dataset_summary
 
-    splits = (
-        args.split
-        or [p.stem for p in sorted(Path(args.root).glob("*.txt")) if p.name != "classes.txt"]
-        or ["all"]
-    )
-    for split in splits:
-        dataset = FolderDataset(args.root, split)
-        check_dataset(dataset)
-        print(
-            f"{split}: {len(dataset)} images, {dataset.num_classes} classes, all readable, "
-            "sizes match, labels in range"
-        )
+    for split in args.split or dataset_splits(args.format, args.root):
+        dataset = build_dataset(args.format, args.root, split)
+        check_dataset(dataset, progress=not args.quiet)
+        print(dataset_summary(dataset) + "; all readable, sizes match, labels in range")
 
 
 def cmd_data_stats(args: argparse.Namespace) -> None:
-    from seglab.data.folder import FolderDataset
+    from seglab.data import build_dataset
+    from seglab.data.summary import dataset_summary
     from seglab.losses import class_pixel_counts, median_frequency_weights
 
-    dataset = FolderDataset(args.root, args.split)
+    dataset = build_dataset(args.format, args.root, args.split)
+    print(dataset_summary(dataset))
     masks = (dataset.load(i)[1] for i in range(len(dataset)))
     pixels, image_pixels = class_pixel_counts(masks, dataset.num_classes)
     weights = median_frequency_weights(pixels, image_pixels)
@@ -60,6 +56,13 @@ def cmd_data_stats(args: argparse.Namespace) -> None:
             f"{i:>3}  {name:<16} {pixels[i]:>12} {100 * pixels[i] / total:>8.2f} "
             f"{weights[i]:>19.4f}"
         )
+
+
+def cmd_data_convert(args: argparse.Namespace) -> None:
+    from seglab.data.voc import write_sbd_train_aug
+
+    count = write_sbd_train_aug(args.sbd_root, args.voc_root, progress=not args.quiet)
+    print(f"wrote train_aug ({count} images) into {args.voc_root}")
 
 
 # ---------------------------------------------------------------------------- models
@@ -265,8 +268,12 @@ def predict_files(
     inference=None,
     crf: str | None = None,
     progress: bool = True,
+    labelids: bool = False,
 ) -> list[Path]:
-    """Write OUT/labels/NAME.png (palette label ids) and OUT/overlays/NAME.png per image."""
+    """Write OUT/labels/NAME.png (palette label ids) and OUT/overlays/NAME.png per image.
+
+    labelids: write Cityscapes labelIds (grayscale, for the benchmark server) instead.
+    """
     import torch
     from PIL import Image
     from tqdm import tqdm
@@ -298,7 +305,13 @@ def predict_files(
         else:
             labels = segmenter.predict(image)
         target = out_dir / "labels" / f"{path.stem}.png"
-        write_atomically(target, lambda tmp, labels=labels: write_mask(labels, tmp, colors))
+        if labelids:
+            from seglab.data.cityscapes import train_ids_to_label_ids
+
+            ids = Image.fromarray(train_ids_to_label_ids(labels), mode="L")
+            write_png_atomically(ids, target)
+        else:
+            write_atomically(target, lambda tmp, labels=labels: write_mask(labels, tmp, colors))
         write_png_atomically(
             Image.fromarray(overlay(image, labels, colors)),
             out_dir / "overlays" / f"{path.stem}.png",
@@ -312,7 +325,13 @@ def cmd_predict(args: argparse.Namespace) -> None:
         _inference_config(args) if (args.mode or args.crop or args.scales or args.flip) else None
     )
     written = predict_files(
-        args.checkpoint, args.inputs, args.out, inference, args.crf, progress=not args.quiet
+        args.checkpoint,
+        args.inputs,
+        args.out,
+        inference,
+        args.crf,
+        progress=not args.quiet,
+        labelids=args.labelids,
     )
     print(
         f"wrote {len(written)} label maps to {Path(args.out) / 'labels'} and overlays to "
@@ -420,6 +439,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("checkpoint", help="NAME.safetensors (with NAME.yaml) or a run directory")
     pr.add_argument("inputs", nargs="+", help="image files or folders")
     pr.add_argument("--out", required=True, help="output folder (labels/ and overlays/)")
+    pr.add_argument(
+        "--labelids",
+        action="store_true",
+        help="write Cityscapes labelIds (for submission) instead of train ids",
+    )
     _add_inference_options(pr)
     pr.set_defaults(func=cmd_predict)
 
@@ -428,6 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--verbose", "-v", action="store_true", help="with each model's options")
     models.set_defaults(func=cmd_models)
 
+    formats_help = "dataset layout: folder, voc, cityscapes, camvid, ade20k (default folder)"
     data = commands.add_parser("data", help="dataset tools").add_subparsers(
         dest="data_command", required=True, metavar="TOOL"
     )
@@ -440,12 +465,19 @@ def build_parser() -> argparse.ArgumentParser:
     shapes.set_defaults(func=cmd_data_shapes)
     check = data.add_parser("check", help="validate every image and mask of a dataset")
     check.add_argument("root")
+    check.add_argument("--format", default="folder", help=formats_help)
     check.add_argument("--split", action="append", help="split(s) to check (default: all)")
     check.set_defaults(func=cmd_data_check)
     stats = data.add_parser("stats", help="per-class pixel frequencies and SegNet weights")
     stats.add_argument("root")
+    stats.add_argument("--format", default="folder", help=formats_help)
     stats.add_argument("--split", default="train")
     stats.set_defaults(func=cmd_data_stats)
+    convert = data.add_parser("convert", help="convert a dataset release once (sbd)")
+    convert.add_argument("source", choices=["sbd"], help="sbd: SBD .mat -> VOC train_aug")
+    convert.add_argument("sbd_root", help="SBD's benchmark_RELEASE/dataset folder")
+    convert.add_argument("voc_root", help="the VOC folder (VOCdevkit or VOC2012)")
+    convert.set_defaults(func=cmd_data_convert)
     add_export_command(commands)
     add_benchmark_command(commands)
     return parser

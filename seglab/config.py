@@ -35,6 +35,9 @@ class DataConfig:
     crop_size: list[int] | None = None  # [H, W]; padded with ignore where the image is smaller
     scale_range: list[float] | None = None  # random rescale [min, max] before the crop
     hflip: bool = True
+    # the papers' other augmentations (seglab/data/transforms.py), e.g.
+    # {rotate: 10, photometric: true, blur: 0.5, elastic: {grid: 3, sigma: 10}}
+    augment: dict[str, Any] | None = None
     batch_size: int = 8  # the global batch: divided across ranks under torchrun
     num_workers: int = 0  # 0 loads in the training process (fastest on 2 cores)
     cache: bool = False  # keep decoded images in memory (small datasets)

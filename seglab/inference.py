@@ -218,7 +218,7 @@ def predict_probabilities(
             probs = probs.flip(-1) if flipped else probs
             probs = resize_to(probs, size)
             total = probs if total is None else total + probs
-    return total / (len(cfg.scales) * (2 if cfg.flip else 1))
+    return total.div_(len(cfg.scales) * (2 if cfg.flip else 1))  # in place: no second copy
 
 
 def as_image_tensor(image) -> torch.Tensor:

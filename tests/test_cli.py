@@ -80,3 +80,19 @@ def test_checkpoint_for_a_different_model_is_refused(tmp_path, capsys):
     else:
         raise AssertionError("loading 3-class weights as a 5-class model must fail")
     del torch
+
+
+def test_data_stats_prints_frequencies_and_median_frequency_weights(shapes_root, capsys):
+    assert main(["--quiet", "data", "stats", str(shapes_root), "--format", "folder"]) == 0
+    out = capsys.readouterr().out
+    assert "train: 24 images" in out
+    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert [row[1] for row in rows] == ["background", "disc", "square", "triangle", "ring", "cross"]
+    # Background is the most frequent class, so its median-frequency weight is the smallest.
+    weights = [float(row[-1]) for row in rows]
+    assert weights[0] == min(weights) and weights[0] < 1
+
+
+def test_data_check_with_a_release_format_names_the_missing_folder(tmp_path, capsys):
+    assert main(["data", "check", str(tmp_path), "--format", "cityscapes"]) == 2
+    assert "seglab: error:" in capsys.readouterr().err

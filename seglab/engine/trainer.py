@@ -47,7 +47,7 @@ from seglab.models import create_model
 def build_datasets(cfg: Config, check: bool = True) -> tuple[FolderDataset, FolderDataset]:
     """Train and val datasets of cfg.data, each read once by the label check."""
     d = cfg.data
-    augment = train_transform(d.crop_size, d.scale_range, d.hflip)
+    augment = train_transform(d.crop_size, d.scale_range, d.hflip, augment=d.augment)
     train_set = build_dataset(d.format, d.root, d.train_split, augment, d.cache)
     val_set = build_dataset(d.format, d.root, d.val_split, eval_transform(), d.cache)
     if check:
