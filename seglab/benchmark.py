@@ -194,12 +194,46 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor | None = None) -> nn.
             conv.weight.mul_(scale.reshape(-1, 1, 1, 1).to(conv.weight.dtype))
             conv.bias = nn.Parameter(shift.to(conv.weight.dtype), conv.weight.requires_grad)
         parent_name, _, child = bn_name.rpartition(".")
-        setattr(modules[parent_name] if parent_name else folded, child, nn.Identity())
+        setattr(modules[parent_name] if parent_name else folded, child, _after_norm(bn))
     return folded
 
 
+def _after_norm(bn: nn.Module) -> nn.Module:
+    """What is left of a BN once folded: nothing for nn.BatchNorm2d; the dropout and the
+    activation for timm's BatchNormAct2d (a BN subclass with .drop and .act), whose forward
+    is batch_norm -> drop -> act. Any other subclass keeps its own forward with the BN made
+    an exact identity (mean 0, var 1 - eps, weight 1, bias 0), so nothing it adds is lost."""
+    if type(bn) is nn.BatchNorm2d:
+        return nn.Identity()
+    if type(bn).__name__ == "BatchNormAct2d" and hasattr(bn, "act") and hasattr(bn, "drop"):
+        return nn.Sequential(bn.drop, bn.act)
+    with torch.no_grad():
+        bn.running_mean.zero_()
+        bn.running_var.fill_(1.0 - bn.eps)
+        if bn.weight is not None:
+            bn.weight.fill_(1.0)
+        if bn.bias is not None:
+            bn.bias.zero_()
+    return bn
+
+
 def count_batchnorms(model: nn.Module) -> int:
-    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    """BatchNorm layers that still normalise (a neutralised subclass, see _after_norm, is
+    not counted)."""
+    return sum(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) and not _is_identity_bn(m)
+        for m in model.modules()
+    )
+
+
+def _is_identity_bn(bn: nn.Module) -> bool:
+    return (
+        bn.running_mean is not None
+        and not bn.running_mean.any()
+        and bool((bn.running_var == 1.0 - bn.eps).all())
+        and (bn.weight is None or bool((bn.weight == 1).all()))
+        and (bn.bias is None or not bn.bias.any())
+    )
 
 
 # ---------------------------------------------------------------------------- variants

@@ -42,14 +42,17 @@ def with_random_bn_statistics(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-@pytest.mark.parametrize("name", ["deeplabv3plus", "segnet"])
-def test_fold_batchnorm_removes_every_bn_and_keeps_outputs(name):
+@pytest.mark.parametrize(
+    "name, options",
+    [("deeplabv3plus", {}), ("deeplabv3plus", {"encoder": "mobilenetv2_100"}), ("segnet", {})],
+    ids=["deeplabv3plus-resnet18", "deeplabv3plus-mobilenetv2 (timm BatchNormAct2d)", "segnet"],
+)
+def test_fold_batchnorm_removes_every_bn_and_keeps_outputs(name, options):
     if name not in MODELS:
         pytest.skip(f"{name} is not registered")
     torch.manual_seed(0)
-    model = with_random_bn_statistics(
-        create_model(name, num_classes=3, **MODELS[name].small_options)
-    )
+    options = {**MODELS[name].small_options, **options}
+    model = with_random_bn_statistics(create_model(name, num_classes=3, **options))
     folded = fold_batchnorm(model)
     assert count_batchnorms(model) > 0 and count_batchnorms(folded) == 0
     x = torch.randn(2, 3, 67, 75)
@@ -82,6 +85,18 @@ def test_fold_batchnorm_leaves_bn_whose_conv_output_is_read_elsewhere_or_changed
     assert isinstance(folded.bn2, nn.BatchNorm2d), "an in-place change between conv2 and bn2"
     assert isinstance(folded.bn3, nn.Identity) and folded.conv3.bias is not None
     x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), model(x), atol=1e-5)
+
+
+def test_fold_batchnorm_keeps_the_activation_of_timm_batchnorm_act():
+    from timm.layers import BatchNormAct2d
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), BatchNormAct2d(4, act_layer=nn.ReLU6))
+    model = with_random_bn_statistics(model)
+    folded = fold_batchnorm(model)
+    assert count_batchnorms(folded) == 0 and isinstance(folded[1][1], nn.ReLU6)
+    x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         assert torch.allclose(folded(x), model(x), atol=1e-5)
 
