@@ -480,11 +480,18 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    options = None
+    options: dict[str, Any] = {}
     if args.small:
         from seglab.models import model_info
 
         options = dict(model_info(args.model).small_options)
+    for item in args.option or []:
+        import yaml
+
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SeglabError(f"--option {item!r} is not KEY=VALUE, e.g. encoder=mobilenetv2_100")
+        options[key] = yaml.safe_load(value)
     report = benchmark(
         args.model,
         size=parse_size(args.size),
@@ -493,7 +500,7 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
         repeats=args.repeats,
         warmup=args.warmup,
         variants=[v.strip() for v in args.variants.split(",") if v.strip()],
-        options=options,
+        options=options or None,
     )
     print(format_report(report))
     if args.json:
@@ -524,6 +531,12 @@ def add_benchmark_command(subparsers) -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument(
         "--small", action="store_true", help="a model name in its small test configuration"
+    )
+    parser.add_argument(
+        "--option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="model option for a model name, e.g. --option encoder=mobilenetv2_100 (repeatable)",
     )
     parser.add_argument("--json", help="also write the full report to this JSON file")
     parser.set_defaults(func=cmd_benchmark)
