@@ -4,7 +4,10 @@
 
 Each case runs pydensecrf and seglab alternately `repeats` times on the same unary and image
 (so a busy machine slows both alike) and reports the best wall time of each, including the
-lattice construction, and the share of pixels where their labels agree. Cases: a 500x375
+lattice construction, the CPU time of that run (all threads; pydensecrf uses one), and the
+share of pixels where their labels agree. On a machine shared with other jobs, run it with
+OMP_WAIT_POLICY=PASSIVE: PyTorch's OpenMP threads otherwise spin while waiting for a core
+that another process holds. Cases: a 500x375
 image with 21 classes (uniform colour noise, the lattice's worst case, and a smooth blocky
 image), and a 1024x512 blocky image with 19 classes. The unary is a blocky label map plus
 Gaussian noise, through a softmax.
@@ -62,10 +65,17 @@ def run_seglab(probabilities: torch.Tensor, image: torch.Tensor, p: DenseCRFPara
     return dense_crf(probabilities[None], image[None], preset=p)[0].argmax(0).numpy()
 
 
+def run_seglab_half(probabilities: torch.Tensor, image: torch.Tensor, p: DenseCRFParams):
+    """seglab with the lattice's vertex values stored in float16 (vertex_dtype)."""
+    q = dense_crf(probabilities[None], image[None], preset=p, vertex_dtype=torch.float16)
+    return q[0].argmax(0).numpy()
+
+
 def timed(fn, *args):
-    start = time.perf_counter()
+    """(wall seconds, CPU seconds of this process over all threads, result)."""
+    start, start_cpu = time.perf_counter(), time.process_time()
     result = fn(*args)
-    return time.perf_counter() - start, result
+    return time.perf_counter() - start, time.process_time() - start_cpu, result
 
 
 def main() -> None:
@@ -86,22 +96,30 @@ def main() -> None:
         f"{args.threads} threads, {os.cpu_count()}-core {platform.machine()} CPU, "
         f"load average {os.getloadavg()[0]:.1f} at start"
     )
-    print("| case | pydensecrf s | seglab s | speed-up | label agreement |")
-    print("|---|---|---|---|---|")
+    runners = {"pydensecrf": run_pydensecrf, "seglab": run_seglab, "seglab fp16": run_seglab_half}
+    print(
+        "| case | pydensecrf s | seglab s | speed-up | agreement "
+        "| seglab fp16 s | speed-up | agreement | CPU s: pydensecrf / seglab / fp16 |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     run_seglab(*make_case(64, 64, 3, "noise"), params)  # warm-up: first-call overheads
     for name, h, w, k, kind in cases:
         probabilities, image = make_case(h, w, k, kind)
-        ours, theirs = [], []
+        times = {runner: [] for runner in runners}
+        labels = {}
         for _ in range(args.repeats):
-            t, reference = timed(run_pydensecrf, probabilities, image, params)
-            theirs.append(t)
-            t, labels = timed(run_seglab, probabilities, image, params)
-            ours.append(t)
-        agreement = 100.0 * float((labels == reference).mean())
-        print(
-            f"| {name} | {min(theirs):.3f} | {min(ours):.3f} | "
-            f"{min(theirs) / min(ours):.2f}x | {agreement:.2f}% |"
-        )
+            for runner, fn in runners.items():
+                wall, cpu, labels[runner] = timed(fn, probabilities, image, params)
+                times[runner].append((wall, cpu))
+        best = {runner: min(times[runner]) for runner in runners}
+        reference = labels["pydensecrf"]
+        row = [name, f"{best['pydensecrf'][0]:.3f}"]
+        for runner in ("seglab", "seglab fp16"):
+            agreement = 100.0 * float((labels[runner] == reference).mean())
+            speedup = best["pydensecrf"][0] / best[runner][0]
+            row += [f"{best[runner][0]:.3f}", f"{speedup:.2f}x", f"{agreement:.2f}%"]
+        row.append(" / ".join(f"{best[runner][1]:.2f}" for runner in runners))
+        print("| " + " | ".join(row) + " |")
     print(f"load average {os.getloadavg()[0]:.1f} at end")
 
 

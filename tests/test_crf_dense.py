@@ -186,3 +186,14 @@ def test_grid_search_ranks_a_colour_aware_kernel_above_a_colour_blind_one():
             hits[c] += int(((pred == c) & (label == c)).sum())
             union[c] += int(((pred == c) | (label == c)).sum())
     assert abs(results[0][1] - sum(h / u for h, u in zip(hits, union, strict=True)) / 3) < 1e-9
+
+
+def test_half_precision_vertices_keep_the_labels():
+    image, _, probabilities = _scene(60, 80, 5, 2.0, seed=12)
+    full = dense_crf(probabilities[None], image[None], preset="pydensecrf")
+    half = dense_crf(
+        probabilities[None], image[None], preset="pydensecrf", vertex_dtype=torch.float16
+    )
+    assert half.dtype == torch.float32
+    assert (full.argmax(1) == half.argmax(1)).float().mean() > 0.999
+    assert (full - half).abs().max() < 0.05

@@ -271,10 +271,25 @@ class PermutohedralLattice:
             mode="sum",
             per_sample_weights=self.splat_weight,
         )
+        # The blur and slice run in the dtype of the slice weights (see with_vertex_dtype).
+        lattice = lattice.to(self.slice_weight.dtype)
         for bag, bag_weight, offset in self.blur:
             lattice = F.embedding_bag(
                 bag, lattice, offset, mode="sum", per_sample_weights=bag_weight
             )
-        return F.embedding_bag(
+        out = F.embedding_bag(
             self.slice_vertex, lattice, mode="sum", per_sample_weights=self.slice_weight
+        )
+        return out.to(values.dtype)
+
+    def with_vertex_dtype(self, dtype: torch.dtype) -> PermutohedralLattice:
+        """The same lattice storing vertex values in `dtype` between splat and slice.
+
+        float16 halves the memory traffic of the blur, the largest pass on big lattices, for
+        a relative error of about 1e-3 in the filtered values.
+        """
+        return replace(
+            self,
+            blur=[(bag, weight.to(dtype), offset) for bag, weight, offset in self.blur],
+            slice_weight=self.slice_weight.to(dtype),
         )
