@@ -19,10 +19,15 @@ Where seglab differs from densecrf: the Potts model is written as the paper's mu
 per-pixel constant); a full compatibility matrix is the paper's mu (a cost; densecrf's
 MatrixCompatibility has the same sign) and is symmetrised, since only its symmetric part enters
 the energy. The weights and normalisations are folded into the lattice's sparse maps once per
-image, so an iteration is two splat-blur-slice passes and a softmax.
+image, the two kernels' lattices are stacked into one so that an iteration is a single
+splat-blur-slice pass and a softmax, and the smoothness kernel (positions only) is cached per
+image size.
 """
 
 from __future__ import annotations
+
+import functools
+from dataclasses import replace
 
 import torch
 from torch import Tensor
@@ -86,6 +91,19 @@ def _normalised_kernel(features: Tensor, weight: float) -> PermutohedralLattice:
     ones = torch.ones(features.shape[0], 1, device=features.device)
     norm = torch.rsqrt(lattice.filter(ones).squeeze(1) + 1e-20)
     return lattice.scaled(norm, weight * norm)
+
+
+@functools.lru_cache(maxsize=4)
+def _smoothness_kernel(
+    height: int, width: int, theta_gamma: float, device: torch.device
+) -> PermutohedralLattice:
+    """The normalised smoothness kernel (weight 1) of an image size.
+
+    It depends on positions only, so images of the same size share it: evaluating a dataset
+    (most of PASCAL VOC is 500x375 or 375x500, all of Cityscapes 2048x1024) builds it once.
+    """
+    image = torch.zeros(3, height, width, device=device)
+    return _normalised_kernel(pixel_features(image, theta_gamma, None), 1.0)
 
 
 def mean_field(
@@ -178,8 +196,8 @@ def dense_crf(
             features = pixel_features(images[i], params.theta_alpha, params.theta_beta)
             kernels.append(_normalised_kernel(features, params.w1))
         if params.w2 > 0:
-            features = pixel_features(images[i], params.theta_gamma, None)
-            kernels.append(_normalised_kernel(features, params.w2))
+            smoothness = _smoothness_kernel(h, w, float(params.theta_gamma), unary.device)
+            kernels.append(replace(smoothness, slice_weight=params.w2 * smoothness.slice_weight))
         # (K, H, W) -> (N, K): the sparse products want each pixel's classes contiguous.
         flat_unary = unary[i].reshape(k, -1).T.contiguous()
         q = mean_field(flat_unary, kernels, params.iterations, compatibility, vertex_dtype)
