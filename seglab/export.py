@@ -280,11 +280,22 @@ def export_model_onnx(
     name = getattr(model, "seglab_spec", {}).get("name", type(model).__name__)
     module = _LogitsOnly(model.float().eval()).eval()
     failures: list[str] = []
+    torchscript_raised = False  # rather than exporting a graph that failed the check
     for attempt in _attempts(dynamic, exporter):
+        if attempt.exporter == "torchscript" and torchscript_raised and attempt.batch_dynamic:
+            # With any dynamic axis TorchScript treats every size as symbolic, so an export
+            # that failed with dynamic H/W fails the same way with a dynamic batch only.
+            continue
         traced, shapes = _plan(size, attempt)
         example = torch.randn(traced, generator=torch.Generator().manual_seed(1))
         try:
-            proto = _export_bytes(module, example, attempt, opset)
+            try:
+                proto = _export_bytes(module, example, attempt, opset)
+            except SeglabError:
+                raise
+            except Exception:
+                torchscript_raised |= attempt.exporter == "torchscript"
+                raise
             for key, value in (metadata or {}).items():
                 entry = proto.metadata_props.add()
                 entry.key, entry.value = key, value

@@ -44,14 +44,18 @@ def with_random_bn_statistics(model: nn.Module) -> nn.Module:
 
 @pytest.mark.parametrize(
     "name, options",
-    [("deeplabv3plus", {}), ("deeplabv3plus", {"encoder": "mobilenetv2_100"}), ("segnet", {})],
+    [
+        ("deeplabv3plus", {}),
+        ("deeplabv3plus", {"encoder": "mobilenetv2_100", "output_stride": 16}),
+        ("segnet", {}),
+    ],
     ids=["deeplabv3plus-resnet18", "deeplabv3plus-mobilenetv2 (timm BatchNormAct2d)", "segnet"],
 )
 def test_fold_batchnorm_removes_every_bn_and_keeps_outputs(name, options):
     if name not in MODELS:
         pytest.skip(f"{name} is not registered")
     torch.manual_seed(0)
-    options = {**MODELS[name].small_options, **options}
+    options = options or MODELS[name].small_options
     model = with_random_bn_statistics(create_model(name, num_classes=3, **options))
     folded = fold_batchnorm(model)
     assert count_batchnorms(model) > 0 and count_batchnorms(folded) == 0
