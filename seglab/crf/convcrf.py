@@ -73,10 +73,14 @@ def local_kernel_weights(features: Tensor, span: int) -> Tensor:
     fall outside the image get weight 0.
     """
     h, w = features.shape[-2:]
-    inside = _gather_window(torch.ones(1, h, w, device=features.device), span)[:, 0]
-    neighbours = _gather_window(features, span)
-    squared = (neighbours - features[None]).square().sum(1)
-    return torch.exp(-0.5 * squared) * inside
+    # Padding with +inf puts outside neighbours infinitely far: exp(-inf) = 0. One offset at a
+    # time keeps memory at the (k*k, h, w) result instead of (k*k, d, h, w).
+    padded = F.pad(features, (span, span, span, span), value=float("inf"))
+    weights = torch.empty((2 * span + 1) ** 2, h, w, device=features.device)
+    for o, (dy, dx) in enumerate(_shifts(span)):
+        neighbour = padded[:, span + dy : span + dy + h, span + dx : span + dx + w]
+        weights[o] = torch.exp(-0.5 * (neighbour - features).square().sum(0))
+    return weights
 
 
 def _message_weights(image: Tensor, params: DenseCRFParams, span: int, factor: int) -> Tensor:

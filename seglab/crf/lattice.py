@@ -22,9 +22,9 @@ scale sqrt(2/3) (d+1), the same rounding and tie-breaking when sorting the simpl
 seglab agree with pydensecrf pixel for pixel, since the lattice is only an approximation of
 the Gaussian.
 
-Where seglab differs: the vertex hash table is replaced by sorting integer keys
-(`torch.unique`) and neighbour look-ups by `torch.searchsorted`, so nothing loops over pixels
-and the same code runs on CPU and CUDA.
+Where seglab differs: the vertex hash table is replaced by one sort of integer vertex codes
+and neighbour look-ups by `torch.searchsorted`, and splat, blur and slice are
+`embedding_bag` gathers, so nothing loops over pixels and the same code runs on CPU and CUDA.
 """
 
 from __future__ import annotations
