@@ -56,6 +56,6 @@ def test_resnet101_paths_are_256_with_512_at_one_32nd_and_classifier_at_one_4th(
 
 
 def test_short_training_beats_chance(shapes_root, tmp_path):
-    options = "{encoder: resnet18, channels: 32}"
+    options = "{encoder: resnet18, channels: 16}"
     scores = short_training_scores(shapes_root, tmp_path / "run", "refinenet", options)
     assert scores["mean_accuracy"] > 2 / 6, scores
