@@ -243,6 +243,58 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(f"report: {report}")
 
 
+def cmd_crf_search(args: argparse.Namespace) -> None:
+    """DeepLab's CRF cross-validation: grid-search w1, theta_alpha, theta_beta on val images."""
+    import torch
+    from tqdm import tqdm
+
+    from seglab.config import load_config
+    from seglab.crf.search import grid_search
+    from seglab.data import build_dataset
+    from seglab.data.transforms import eval_transform
+    from seglab.engine.checkpoint import load_weights
+    from seglab.inference import predict_probabilities
+    from seglab.metrics import ConfusionMatrix
+
+    weights, config_path = _resolve_checkpoint(args.checkpoint)
+    cfg = load_config(config_path) if config_path else None
+    if args.data is None and cfg is None:
+        raise SeglabError("give --data ROOT (the weights file does not name its dataset)")
+    data_format = args.format or (cfg.data.format if cfg else "folder")
+    dataset = build_dataset(
+        data_format,
+        args.data or cfg.data.root,
+        args.split or (cfg.data.val_split if cfg else "val"),
+        eval_transform(),
+    )
+    model, meta = load_weights(weights)
+    model.eval()
+    probs, images, labels = [], [], []
+    for index in tqdm(
+        range(min(args.images, len(dataset))), desc="network predictions", disable=args.quiet
+    ):
+        image, mask = dataset[index]
+        probs.append(predict_probabilities(model, image[None])[0])
+        images.append(torch.from_numpy(dataset.load(index)[0]).permute(2, 0, 1))
+        labels.append(mask)
+    grid = [[float(v) for v in text.split(",")] for text in (args.w1, args.alpha, args.beta)]
+    results = grid_search(probs, images, labels, meta["num_classes"], *grid, args.preset)
+    baseline = ConfusionMatrix(meta["num_classes"])
+    for prob, mask in zip(probs, labels, strict=True):
+        baseline.update(prob.argmax(0)[None], mask[None])
+    print(f"network alone: mIoU {100 * baseline.compute()['mean_iou']:.2f}")
+    print(f"{'w1':>6} {'theta_alpha':>12} {'theta_beta':>11} {'mIoU':>7}")
+    for params, miou in results[: args.top]:
+        print(
+            f"{params.w1:>6g} {params.theta_alpha:>12g} {params.theta_beta:>11g} {100 * miou:>7.2f}"
+        )
+    best = results[0][0]
+    print(
+        f"best on {len(probs)} images: --crf {args.preset} with w1={best.w1:g} "
+        f"theta_alpha={best.theta_alpha:g} theta_beta={best.theta_beta:g}"
+    )
+
+
 # ---------------------------------------------------------------------------- predict
 def _collect_images(inputs: list[str]) -> list[Path]:
     from seglab.data.folder import IMAGE_SUFFIXES
@@ -446,6 +498,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_inference_options(pr)
     pr.set_defaults(func=cmd_predict)
+
+    search = commands.add_parser(
+        "crf-search", help="grid-search the dense CRF's appearance kernel on validation images"
+    )
+    search.add_argument("checkpoint", help="NAME.safetensors (with NAME.yaml) or a run directory")
+    search.add_argument("--data", help="dataset root (default: the run's)")
+    search.add_argument("--format", help="dataset layout (default: the run's, else folder)")
+    search.add_argument("--split", help="split (default: the run's val split)")
+    search.add_argument("--images", type=int, default=100, help="images to search on (100)")
+    search.add_argument(
+        "--preset",
+        default="deeplab-largefov",
+        help="where w2, theta_gamma and iterations come from",
+    )
+    search.add_argument("--w1", default="3,4,5", help="comma-separated w1 values")
+    search.add_argument("--alpha", default="30,50,80,121", help="theta_alpha values")
+    search.add_argument("--beta", default="3,5,10", help="theta_beta values")
+    search.add_argument("--top", type=int, default=10, help="rows to print")
+    search.set_defaults(func=cmd_crf_search)
 
     models = commands.add_parser("models", help="list the registered models")
     models.add_argument("--table", action="store_true", help="with parameter counts")

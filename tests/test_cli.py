@@ -96,3 +96,64 @@ def test_data_stats_prints_frequencies_and_median_frequency_weights(shapes_root,
 def test_data_check_with_a_release_format_names_the_missing_folder(tmp_path, capsys):
     assert main(["data", "check", str(tmp_path), "--format", "cityscapes"]) == 2
     assert "seglab: error:" in capsys.readouterr().err
+
+
+def test_eval_with_crf_reports_both_and_crf_search_prints_the_best_setting(tmp_path, capsys):
+    import seglab.crf  # noqa: F401  (the CRF is part of the package; no extra needed)
+
+    data = tmp_path / "shapes"
+    assert (
+        main(["--quiet", "data", "shapes", str(data), "--train", "4", "--val", "3", "--size", "24"])
+        == 0
+    )
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        "model: {name: unet, options: {width: 4, depth: 2, padding: same, batch_norm: true}}\n"
+        f"data: {{root: {data}, batch_size: 2}}\n"
+        "train: {iters: 2, eval_every: 2}\n"
+        f"run_dir: {tmp_path / 'run'}\n"
+    )
+    assert main(["--quiet", "train", str(config)]) == 0
+    assert main(["--quiet", "eval", str(tmp_path / "run"), "--crf", "deeplab-v2"]) == 0
+    out = capsys.readouterr().out
+    assert "with CRF (deeplab-v2): mIoU" in out
+    report = (tmp_path / "run" / "report" / "report.md").read_text()
+    assert "mean IoU with CRF (deeplab-v2)" in report and "- crf: deeplab-v2" in report
+    assert (
+        main(
+            [
+                "--quiet",
+                "crf-search",
+                str(tmp_path / "run"),
+                "--images",
+                "2",
+                "--w1",
+                "3,5",
+                "--alpha",
+                "20",
+                "--beta",
+                "3",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "network alone: mIoU" in out
+    assert len([line for line in out.splitlines() if line.strip().startswith(("3 ", "5 "))]) == 2
+    assert "best on 2 images: --crf deeplab-largefov with w1=" in out
+    assert (
+        main(
+            [
+                "--quiet",
+                "predict",
+                str(tmp_path / "run"),
+                str(data / "images"),
+                "--out",
+                str(tmp_path / "pred"),
+                "--crf",
+                "pydensecrf",
+            ]
+        )
+        == 0
+    )
+    assert len(list((tmp_path / "pred" / "labels").glob("*.png"))) == 7
