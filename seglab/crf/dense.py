@@ -18,7 +18,7 @@ Where seglab differs from densecrf: the Potts model is written as the paper's mu
 [l != l'] (densecrf uses -w [l == l'], which gives the same Q since the softmax ignores a
 per-pixel constant); a full compatibility matrix is the paper's mu (a cost; densecrf's
 MatrixCompatibility has the same sign) and is symmetrised, since only its symmetric part enters
-the energy. The weights and normalisations are folded into the lattice's sparse maps once per
+the energy. The weights and normalisations are folded into the lattice's gather weights once per
 image, the two kernels' lattices are stacked into one so that an iteration is a single
 splat-blur-slice pass and a softmax, and the smoothness kernel (positions only) is cached per
 image size.
