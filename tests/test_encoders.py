@@ -102,3 +102,19 @@ def test_pretrained_path_loads_vgg16_torchvision_layout(tmp_path):
 def test_missing_pretrained_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing.pth"):
         build_encoder("resnet18", pretrained=tmp_path / "nothing.pth")
+
+
+def test_taps_are_placed_by_stride_and_survive_deepcopy():
+    import copy
+
+    encoder = TimmEncoder("mobilenetv2_100", output_stride=16, taps=["blocks.2.0"]).eval()
+    assert encoder.channels == [16, 24, 32, 32, 96, 320]  # the tap precedes its stage's end
+    assert encoder.strides == [2, 4, 8, 8, 16, 16]
+    clone = copy.deepcopy(encoder)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        features, cloned = encoder(x), clone(x)
+    assert [f.shape[1] for f in features] == encoder.channels
+    assert [64 // f.shape[-1] for f in features] == encoder.strides
+    for a, b in zip(features, cloned, strict=True):
+        torch.testing.assert_close(a, b)

@@ -84,18 +84,11 @@ class TimmEncoder(Encoder):
         if self.multi_grid:
             apply_multi_grid(self._module(info.module_name()[-1]), self.multi_grid)
         self.taps = tuple(taps)
-        self._tapped: dict[str, torch.Tensor] = {}
         self._order: list[tuple[str, int]] | None = None
         for tap in self.taps:
-            self._module(tap).register_forward_hook(self._keep_output(tap))
+            self._module(tap).register_forward_hook(_keep_output)
         if self.taps:
             self._declare_taps(in_channels)
-
-    def _keep_output(self, name: str):
-        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            self._tapped[name] = output
-
-        return hook
 
     def _declare_taps(self, in_channels: int, size: int = 64) -> None:
         """Place the tapped maps among the stage maps by stride, measured on a 64x64 input.
@@ -131,10 +124,19 @@ class TimmEncoder(Encoder):
         maps = self.model(x)
         if not self.taps:
             return maps
-        tapped = [self._tapped.pop(tap) for tap in self.taps]
+        tapped = [self._module(tap).__dict__.pop("tapped_output") for tap in self.taps]
         if self._order is None:  # while _declare_taps measures them
             return [*maps, *tapped]
         return [maps[i] if kind == "stage" else tapped[i] for kind, i in self._order]
+
+
+def _keep_output(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+    """Forward hook of a tapped module: keep its output for TimmEncoder.forward to collect.
+
+    Stored on the module itself (not in a closure), so copy.deepcopy of an encoder stays
+    independent of the original.
+    """
+    module.__dict__["tapped_output"] = output
 
 
 def apply_multi_grid(stage: nn.Module, rates: Sequence[int]) -> None:
