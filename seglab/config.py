@@ -63,6 +63,9 @@ class LossConfig:
     # None | "median_frequency" (SegNet) | a list of per-class weights
     class_weights: str | list[float] | None = None
     aux_weights: list[float] | None = None  # None: the model's own (PSPNet: 0.4)
+    # U-Net's w(x) = w_c(x) + w0 exp(-(d1 + d2)^2 / (2 sigma^2)), objects = connected
+    # components of each class; e.g. {w0: 10, sigma: 5}. class_weights become w_c.
+    border_weights: dict[str, float] | None = None
 
 
 @dataclass

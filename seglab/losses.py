@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from seglab.data.labels import IGNORE_INDEX
+from seglab.losses_unet import BorderWeightedCrossEntropy
 
 
 def class_pixel_counts(masks, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -70,21 +71,32 @@ class SegmentationLoss(torch.nn.Module):
         self.aux_weights = list(aux_weights)
         self.ignore_index = ignore_index
 
-    def cross_entropy(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def cross_entropy(
+        self, logits: torch.Tensor, target: torch.Tensor, pixel_weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if logits.shape[-2:] != target.shape[-2:]:
-            target = F.interpolate(target[:, None].float(), size=logits.shape[-2:], mode="nearest")
-            target = target[:, 0].long()
+            size = logits.shape[-2:]
+            target = F.interpolate(target[:, None].float(), size=size, mode="nearest")[:, 0].long()
+            if pixel_weights is not None:
+                pixel_weights = F.interpolate(pixel_weights[:, None], size=size, mode="nearest")[
+                    :, 0
+                ]
+        if pixel_weights is not None:  # U-Net's w(x): the class term is already inside
+            return BorderWeightedCrossEntropy(self.ignore_index)(logits, target, pixel_weights)
         return F.cross_entropy(
             logits.float(), target, weight=self.class_weights, ignore_index=self.ignore_index
         )
 
-    def forward(self, outputs, target: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, outputs, target: torch.Tensor, pixel_weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """pixel_weights: optional (B, H, W) per-pixel weights (U-Net's border weights)."""
         if isinstance(outputs, torch.Tensor):
-            return self.cross_entropy(outputs, target)
-        loss = self.cross_entropy(outputs["out"], target)
+            return self.cross_entropy(outputs, target, pixel_weights)
+        loss = self.cross_entropy(outputs["out"], target, pixel_weights)
         aux = outputs.get("aux", [])
         if len(aux) != len(self.aux_weights):
             raise ValueError(f"{len(aux)} auxiliary outputs but {len(self.aux_weights)} weights")
         for weight, logits in zip(self.aux_weights, aux, strict=True):
-            loss = loss + weight * self.cross_entropy(logits, target)
+            loss = loss + weight * self.cross_entropy(logits, target, pixel_weights)
         return loss

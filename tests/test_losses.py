@@ -39,3 +39,30 @@ def test_low_resolution_logits_use_a_nearest_downsampled_target():
     loss = SegmentationLoss()(logits, target)
     expected = F.cross_entropy(logits, torch.tensor([[[0, 1], [1, 0]]]))
     assert loss.item() == pytest.approx(expected.item())
+
+
+def test_pixel_weights_scale_each_pixels_cross_entropy():
+    torch.manual_seed(0)
+    logits = torch.randn(1, 3, 4, 4)
+    target = torch.randint(0, 3, (1, 4, 4))
+    target[0, 0, 0] = 255
+    weights = torch.rand(1, 4, 4) + 0.5
+    per_pixel = F.cross_entropy(logits, target, ignore_index=255, reduction="none")
+    valid = target != 255
+    expected = (per_pixel * weights)[valid].sum() / valid.sum()
+    loss = SegmentationLoss()(logits, target, weights)
+    assert loss.item() == pytest.approx(expected.item())
+    plain = SegmentationLoss()(logits, target, torch.ones(1, 4, 4))
+    assert plain.item() == pytest.approx(F.cross_entropy(logits, target, ignore_index=255).item())
+
+
+def test_training_with_unet_border_weights(tiny_config, tmp_path):
+    from seglab.engine.trainer import train
+    from seglab.errors import SeglabError
+
+    train(tiny_config("loss.border_weights={w0: 10, sigma: 5}", "train.iters=2"), progress=False)
+    assert (tmp_path / "run" / "final.safetensors").is_file()
+    with pytest.raises(SeglabError, match="takes w0 and sigma"):
+        train(
+            tiny_config("loss.border_weights={w: 1}", f"run_dir={tmp_path / 'x'}"), progress=False
+        )

@@ -41,6 +41,7 @@ from seglab.engine.optim import build_optimizer, build_scheduler
 from seglab.engine.sampler import TrainSampler
 from seglab.errors import SeglabError
 from seglab.losses import SegmentationLoss, dataset_median_frequency_weights
+from seglab.losses_unet import border_weights_from_labels
 from seglab.models import create_model
 
 
@@ -182,7 +183,12 @@ def _train(
     aux_weights = cfg.loss.aux_weights
     if aux_weights is None:
         aux_weights = list(getattr(model, "aux_weights", []))
-    criterion = SegmentationLoss(_class_weights(cfg, train_set), aux_weights).to(device)
+    class_weights = _class_weights(cfg, train_set)
+    border = cfg.loss.border_weights
+    if border is not None and set(border) - {"w0", "sigma"}:
+        raise SeglabError(f"loss.border_weights takes w0 and sigma, got {sorted(border)}")
+    # With U-Net's border weights the class weights become its w_c term inside w(x).
+    criterion = SegmentationLoss(None if border else class_weights, aux_weights).to(device)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.iters)
     amp_dtype = _amp_dtype(cfg, device)
@@ -255,13 +261,19 @@ def _train(
         step_loss = torch.zeros((), device=device)
         for micro in range(accumulate):
             images, masks = next(batches)
+            pixel_weights = None
+            if border is not None:  # after augmentation: scaling changes the distances
+                pixel_weights = border_weights_from_labels(
+                    masks, **border, class_weights=class_weights
+                )
+                pixel_weights = pixel_weights.to(device, non_blocking=True)
             images = images.to(device, non_blocking=True, memory_format=memory_format)
             masks = masks.to(device, non_blocking=True)
             last = micro == accumulate - 1
             sync = nullcontext() if last or not world.distributed else net.no_sync()
             with sync:
                 with torch.autocast(device.type, amp_dtype, enabled=cfg.train.amp):
-                    loss = criterion(net(images), masks) / accumulate
+                    loss = criterion(net(images), masks, pixel_weights) / accumulate
                 scaler.scale(loss).backward()
             step_loss += loss.detach()
         step += 1
