@@ -326,7 +326,6 @@ def predict_files(
 
     labelids: write Cityscapes labelIds (grayscale, for the benchmark server) instead.
     """
-    import torch
     from PIL import Image
     from tqdm import tqdm
 
@@ -337,8 +336,7 @@ def predict_files(
     from seglab.inference import Segmenter
 
     weights, _ = _resolve_checkpoint(checkpoint)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    segmenter = Segmenter.from_checkpoint(weights, device, inference)
+    segmenter = Segmenter.from_checkpoint(weights, "auto", inference, crf=crf)
     colors = (
         segmenter.classes.colors if segmenter.classes else default_palette(segmenter.num_classes)
     )
@@ -348,14 +346,7 @@ def predict_files(
     written = []
     for path in tqdm(_collect_images(inputs), desc="predicting", unit="img", disable=not progress):
         image = read_image(path)
-        if crf:
-            from seglab.crf import dense_crf
-
-            probs = torch.from_numpy(segmenter.predict(image, probabilities=True))[None]
-            raw = torch.from_numpy(image).permute(2, 0, 1)[None]
-            labels = dense_crf(probs, raw, preset=crf)[0].argmax(0).numpy().astype(np.uint8)
-        else:
-            labels = segmenter.predict(image)
+        labels = segmenter.predict(image)
         target = out_dir / "labels" / f"{path.stem}.png"
         if labelids:
             from seglab.data.cityscapes import train_ids_to_label_ids
