@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
+from seglab.benchmark import count_flops
 from seglab.models import MODELS, count_parameters, create_model
 
 HEADING = "## Model table (512x512, CPU)"
@@ -35,16 +35,14 @@ def measure(name: str, size: int = 512, runs: int = 3) -> dict:
     torch.manual_seed(0)
     model = create_model(name, **options).eval()
     x = torch.randn(1, options.get("in_channels", 3), size, size)
+    flops = count_flops(model, (size, size))
     with torch.no_grad():
-        counter = FlopCounterMode(display=False)
-        with counter:  # doubles as the warm-up forward
-            model(x)
+        model(x)  # warm-up
         times = []
         for _ in range(runs):
             tic = time.perf_counter()
             model(x)
             times.append(time.perf_counter() - tic)
-    flops = counter.get_total_flops()
     return {
         "name": name,
         "options": options,
