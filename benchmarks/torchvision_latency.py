@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/torchvision_latency.py [--repeats 7] [--size 512]
 
 Same harness for both: batch 1, eval mode, no_grad, torch.set_num_threads(2), warm-up
-forwards, then `repeats` rounds that time every model once each, interleaved, so that load
-from other processes on a shared CPU hits all models alike; the median per model is reported.
+forwards, then `repeats` rounds that time every model once each, interleaved (in alternating
+order), so that load from other processes on a shared CPU hits all models alike; the median
+per model and the median of the per-round seglab / torchvision ratios are reported.
 seglab's models hold torchvision's weights (load_torchvision_checkpoint), so the outputs are
 also compared. Writes the table to benchmarks/RESULTS.md under "## torchvision-equivalent
 latency", keeping the file's other sections.
@@ -58,7 +59,9 @@ def run(repeats: int, warmup: int, size: int) -> list[dict]:
             for model in models.values():
                 model(x)
         for round_ in range(repeats):
-            for name, model in models.items():
+            # alternate the order, so that running second (warm caches or not) favours no side
+            order = list(models.items()) if round_ % 2 == 0 else list(models.items())[::-1]
+            for name, model in order:
                 times[name].append(time_forward(model, x))
             print(
                 f"round {round_ + 1}/{repeats}: "
@@ -66,14 +69,16 @@ def run(repeats: int, warmup: int, size: int) -> list[dict]:
             )
     rows = []
     for tv_name, seglab_name in PAIRS.items():
-        reference = statistics.median(times[f"torchvision {tv_name}"])
-        ours = statistics.median(times[f"seglab {seglab_name}"])
+        reference_times = times[f"torchvision {tv_name}"]
+        our_times = times[f"seglab {seglab_name}"]
+        # the ratio within each round cancels load that lasts longer than one round
+        ratios = [ours / ref for ours, ref in zip(our_times, reference_times, strict=True)]
         rows.append(
             {
                 "architecture": tv_name,
-                "torchvision_ms": 1000 * reference,
-                "seglab_ms": 1000 * ours,
-                "ratio": ours / reference,
+                "torchvision_ms": 1000 * statistics.median(reference_times),
+                "seglab_ms": 1000 * statistics.median(our_times),
+                "ratio": statistics.median(ratios),
                 "max_abs_diff": max_diff[tv_name],
             }
         )
@@ -88,9 +93,10 @@ def format_section(rows: list[dict], repeats: int, warmup: int, size: int) -> st
         f"{repeats} interleaved rounds after {warmup} warm-up rounds; both sides hold the same "
         f"weights. Machine: {platform.processor() or platform.machine()}, torch "
         f"{torch.__version__}; the CPU is shared with other jobs, so compare the columns of one "
-        f"row, not runs. Command: `.venv/bin/python benchmarks/torchvision_latency.py`.",
+        f"row, not runs; the ratio is the median of the per-round ratios. Command: "
+        f"`.venv/bin/python benchmarks/torchvision_latency.py --repeats {repeats}`.",
         "",
-        "| architecture | torchvision (ms) | seglab (ms) | seglab / tv | max abs diff |",
+        "| architecture | torchvision (ms) | seglab (ms) | seglab / tv, per round | max abs diff |",
         "|---|---:|---:|---:|---:|",
     ]
     for row in rows:

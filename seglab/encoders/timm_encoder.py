@@ -166,6 +166,20 @@ def apply_multi_grid(stage: nn.Module, rates: Sequence[int]) -> None:
             conv.padding = (dilation, dilation)  # keeps the size for k=3 at stride 1 and 2
 
 
+class SelectedVGG16(VGG16):
+    """VGG16 that returns only the stage maps at `out_indices` (all five if None)."""
+
+    def __init__(self, *args, out_indices: Sequence[int] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.out_indices = tuple(range(5) if out_indices is None else out_indices)
+        self.channels = [self.channels[i] for i in self.out_indices]
+        self.strides = [self.strides[i] for i in self.out_indices]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features = super().forward(x)
+        return [features[i] for i in self.out_indices]
+
+
 def build_encoder(
     name: str,
     in_channels: int = 3,
@@ -179,14 +193,14 @@ def build_encoder(
 
     For "vgg16" (DeepLab v1's form): pools are 3x3 stride 2 pad 1, those past the output stride
     become stride 1 and, at output stride 8, conv5 is dilated by 2; `width` scales its channels
-    (64 in the paper); multi_grid and out_indices are not supported. pretrained=True loads
+    (64 in the paper); multi_grid is not supported. pretrained=True loads
     torchvision's ImageNet vgg16; a path loads a torchvision vgg16 state dict file.
     `width` is ignored for timm encoders (their size is in the name).
     """
     if name != "vgg16":
         return TimmEncoder(name, in_channels, output_stride, multi_grid, pretrained, out_indices)
-    if multi_grid or out_indices is not None:
-        raise ValueError("vgg16 supports neither multi_grid nor out_indices")
+    if multi_grid:
+        raise ValueError("vgg16 does not support multi_grid")
     if output_stride not in (8, 16, 32):
         raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
     pools, stride = [], 1
@@ -194,12 +208,13 @@ def build_encoder(
         pool_stride = 2 if stride < output_stride else 1
         stride *= pool_stride
         pools.append((3, pool_stride, 1))
-    encoder = VGG16(
+    encoder = SelectedVGG16(
         in_channels,
         width,
         pools=pools,
         ceil_mode=False,
         conv5_dilation=2 if output_stride == 8 else 1,
+        out_indices=out_indices,
     )
     if pretrained:
         load_torchvision_vgg16(encoder, vgg16_state_dict(pretrained))

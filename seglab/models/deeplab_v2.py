@@ -40,8 +40,8 @@ class DeepLabV2(nn.Module):
         pretrained: bool | str | Path = False,
     ) -> None:
         super().__init__()
-        self.encoder = build_encoder(
-            encoder, in_channels, output_stride=output_stride, pretrained=pretrained
+        self.encoder = build_encoder(  # only res5: earlier maps would stay alive needlessly
+            encoder, in_channels, output_stride, pretrained=pretrained, out_indices=(-1,)
         )
         self.aspp = ASPPv2(self.encoder.channels[-1], num_classes, rates)
 

@@ -47,8 +47,9 @@ class DeepLabV3(nn.Module):
             OS 8).
         head_conv: torchvision's layout adds a 3x3 conv 256 + BN + ReLU before the classifier
             (and uses dropout 0.5); not in the paper.
-        aux: an FCNHead on `aux_feature` (layer3 of a ResNet), returned in training mode as
-            {"out": ..., "aux": [...]}, as torchvision does; not in the paper.
+        aux: an FCNHead on `aux_feature` (an index into the encoder's maps; -2 is layer3 of a
+            ResNet), returned in training mode as {"out": ..., "aux": [...]}, as torchvision
+            does; not in the paper.
         dropout: after the ASPP projection (0.1 in DeepLab's TensorFlow release).
     """
 
@@ -70,9 +71,17 @@ class DeepLabV3(nn.Module):
         if isinstance(encoder, Encoder):  # built by the caller; the encoder options are unused
             self.encoder = encoder
         else:
+            # Only the maps the heads read: the others would stay alive through the head,
+            # which costs ~2% CPU time at 512x512 in allocations (benchmarks/RESULTS.md).
             self.encoder = build_encoder(
-                encoder, in_channels, output_stride, multi_grid, pretrained=pretrained
+                encoder,
+                in_channels,
+                output_stride,
+                multi_grid,
+                pretrained=pretrained,
+                out_indices=(aux_feature, -1) if aux else (-1,),
             )
+            aux_feature = -2
         channels = self.encoder.channels
         self.aspp = ASPP(channels[-1], 256, rates, dropout=dropout)
         self.head = ConvBNAct(256, 256, 3) if head_conv else nn.Identity()
@@ -272,7 +281,9 @@ def torchvision_mobilenetv3(
     feature after the first block of the stride-8 stage: tapped, it comes before that stage's
     end in the encoder's list.
     """
-    encoder = TimmEncoder(name, in_channels, 16, pretrained=pretrained, taps=["blocks.2.0"])
+    encoder = TimmEncoder(
+        name, in_channels, 16, pretrained=pretrained, out_indices=(-1,), taps=["blocks.2.0"]
+    )
     first = encoder.model.blocks[5][0].conv_dw  # 5x5 depthwise of the dilated stage
     first.dilation, first.padding = (2, 2), (4, 4)
     for module in encoder.modules():

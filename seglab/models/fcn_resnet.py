@@ -38,7 +38,14 @@ class FCNResNet(nn.Module):
         pretrained: bool | str | Path = False,
     ) -> None:
         super().__init__()
-        self.encoder = build_encoder(encoder, in_channels, output_stride, pretrained=pretrained)
+        # Only the maps the heads read (layer3 for aux, layer4): see DeepLabV3.
+        self.encoder = build_encoder(
+            encoder,
+            in_channels,
+            output_stride,
+            pretrained=pretrained,
+            out_indices=(-2, -1) if aux else (-1,),
+        )
         channels = self.encoder.channels
         self.head = FCNHead(channels[-1], num_classes)
         self.aux_feature = -2  # layer3
