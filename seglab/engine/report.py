@@ -126,16 +126,11 @@ def write_report(
     write_png_atomically(
         confusion_image(confusion, classes.names), out_dir / "confusion_matrix.png"
     )
-    for name, image, truth, prediction in overlays:
-        strip = np.concatenate(
-            [
-                image,
-                overlay(image, truth, classes.colors),
-                overlay(image, prediction, classes.colors),
-            ],
-            axis=1,
+    for name, image, truth, prediction in overlays:  # image | ground truth | prediction
+        panels = [image, colorize(truth, classes.colors), colorize(prediction, classes.colors)]
+        write_png_atomically(
+            Image.fromarray(np.concatenate(panels, axis=1)), out_dir / "overlays" / f"{name}.png"
         )
-        write_png_atomically(Image.fromarray(strip), out_dir / "overlays" / f"{name}.png")
     text = markdown_report(metrics, classes, confusion.sum(axis=1), protocol, title)
     write_text_atomically(out_dir / "report.md", text)
     return out_dir / "report.md"
