@@ -295,6 +295,23 @@ def cmd_crf_search(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_convert(args: argparse.Namespace) -> None:
+    """A torchvision segmentation checkpoint -> seglab weights (safetensors + YAML)."""
+    from seglab.engine.checkpoint import save_weights
+    from seglab.models.torchvision_convert import load_torchvision_checkpoint
+
+    model = load_torchvision_checkpoint(args.checkpoint)
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise SeglabError(f"--out {out}: seglab weights are written as NAME.safetensors")
+    save_weights(model, out)
+    spec = model.seglab_spec
+    print(
+        f"wrote {out} (+ {out.with_suffix('.yaml').name}): {spec['name']} "
+        f"{spec['options']} with {spec['num_classes']} classes"
+    )
+
+
 # ---------------------------------------------------------------------------- predict
 def _collect_images(inputs: list[str]) -> list[Path]:
     from seglab.data.folder import IMAGE_SUFFIXES
@@ -489,6 +506,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_inference_options(pr)
     pr.set_defaults(func=cmd_predict)
+
+    convert = commands.add_parser(
+        "convert", help="turn a torchvision segmentation checkpoint into seglab weights"
+    )
+    convert.add_argument(
+        "checkpoint",
+        help="state dict of torchvision fcn_resnet50/101, "
+        "deeplabv3_resnet50/101 or deeplabv3_mobilenet_v3_large (.pth)",
+    )
+    convert.add_argument("--out", required=True, help="NAME.safetensors to write")
+    convert.set_defaults(func=cmd_convert)
 
     search = commands.add_parser(
         "crf-search", help="grid-search the dense CRF's appearance kernel on validation images"

@@ -77,3 +77,23 @@ def test_other_checkpoints_are_refused_with_a_clear_error():
 
     with pytest.raises(SeglabError, match="not a torchvision segmentation checkpoint"):
         load_torchvision_checkpoint(resnet18(weights=None).state_dict())
+
+
+def test_convert_command_writes_seglab_weights_that_segmenter_loads(tmp_path, capsys):
+    from seglab.cli import main
+    from seglab.inference import Segmenter
+
+    reference = _torchvision_model("fcn_resnet50", num_classes=3)
+    torch.save(reference.state_dict(), tmp_path / "fcn.pth")
+    out = tmp_path / "fcn.safetensors"
+    assert main(["convert", str(tmp_path / "fcn.pth"), "--out", str(out)]) == 0
+    assert "fcn_resnet" in capsys.readouterr().out
+    segmenter = Segmenter.from_checkpoint(out)
+    image = torch.rand(3, 40, 56)
+    probs = segmenter.predict(image, probabilities=True)
+    with torch.no_grad():
+        from seglab.data.transforms import normalize_image
+
+        expected = reference(normalize_image((image * 255).round().to(torch.uint8))[None])
+    assert abs(probs - expected["out"].softmax(1)[0].numpy()).max() < 1e-4
+    assert main(["convert", str(tmp_path / "missing.pth"), "--out", str(out)]) == 2
