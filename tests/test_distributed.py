@@ -146,9 +146,9 @@ def _nan_loss_at_call(monkeypatch, bad_call: int) -> None:
 
     real, calls = losses.SegmentationLoss.forward, []
 
-    def forward(self, outputs, target):
+    def forward(self, outputs, target, pixel_weights=None):
         calls.append(1)
-        loss = real(self, outputs, target)
+        loss = real(self, outputs, target, pixel_weights)
         return loss * float("nan") if len(calls) == bad_call else loss
 
     monkeypatch.setattr(losses.SegmentationLoss, "forward", forward)

@@ -9,6 +9,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from seglab.encoders import TimmEncoder, build_encoder
+from seglab.errors import SeglabError
 
 # (name, extra build_encoder options); small models keep the whole matrix to seconds.
 ENCODERS = [
@@ -100,7 +101,7 @@ def test_pretrained_path_loads_vgg16_torchvision_layout(tmp_path):
 
 
 def test_missing_pretrained_file_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nothing.pth"):
+    with pytest.raises(SeglabError, match=r"nothing\.pth"):
         build_encoder("resnet18", pretrained=tmp_path / "nothing.pth")
 
 

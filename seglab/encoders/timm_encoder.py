@@ -17,6 +17,7 @@ from torch import nn
 
 from seglab.encoders.base import Encoder
 from seglab.encoders.vgg import VGG16, load_torchvision_vgg16
+from seglab.errors import SeglabError
 
 Pretrained = bool | str | os.PathLike
 """False (random init), True (timm/torchvision download) or the path of a local weights file."""
@@ -71,7 +72,10 @@ class TimmEncoder(Encoder):
         if isinstance(pretrained, str | os.PathLike):
             path = Path(pretrained)
             if not path.is_file():
-                raise FileNotFoundError(f"pretrained weights file not found: {path}")
+                raise SeglabError(
+                    f"pretrained weights file not found: {path}; give an existing .pth or "
+                    ".safetensors file, or pretrained=True to download timm's weights"
+                )
             options["pretrained_cfg_overlay"] = {"file": str(path)}
             pretrained = True
         self.name = name
@@ -234,7 +238,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A state dict from a `.safetensors` file or a `.pth` file (tensors only, no pickled code)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
+        raise SeglabError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
