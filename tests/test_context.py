@@ -68,11 +68,11 @@ def test_unknown_context_is_an_error():
 
 
 def test_short_training_beats_chance(shapes_root, tmp_path):
-    # Front-end and context module trained together from scratch learn slowly: the context
-    # ReLUs only pass positive scores (the paper trains the context module on a trained
-    # front-end). 100 steps reach about 0.35 mean accuracy; the bar is 1.5x chance (1/6).
+    # Front-end and context module trained together from scratch (the paper trains the context
+    # module on a trained front-end): with He-initialised VGG convs and BN, 100 steps reach
+    # about 0.57 mean accuracy; the bar is 2x chance (1/6), as for the other models.
     options = "{width: 8, context: basic, batch_norm: true, dropout: 0.1}"
     scores = short_training_scores(
         shapes_root, tmp_path / "run", "dilated_context", options, iters=100
     )
-    assert scores["mean_accuracy"] > 1.5 / 6, scores
+    assert scores["mean_accuracy"] > 2 / 6, scores

@@ -86,6 +86,12 @@ class VGG16(Encoder):
                 stride *= pool_stride
             self.channels.append(channels)
             self.strides.append(stride)
+        # He initialisation (fan-in, ReLU): the papers start from ImageNet weights, and from
+        # scratch PyTorch's default init leaves a 13-conv plain VGG stuck at the prior.
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         features = []

@@ -56,6 +56,9 @@ class DeepLabV1(nn.Module):
         self.fc7 = ConvBNAct(fc_channels, fc_channels, 1, norm=False)
         self.drop7 = nn.Dropout(dropout)
         self.fc8 = nn.Conv2d(fc_channels, num_classes, 1)
+        for fc in (self.fc6.conv, self.fc7.conv):  # He init like the encoder (from scratch)
+            nn.init.kaiming_normal_(fc.weight, nonlinearity="relu")
+            nn.init.zeros_(fc.bias)
         nn.init.normal_(self.fc8.weight, std=0.01)  # the released prototxt's gaussian filler
         nn.init.zeros_(self.fc8.bias)
         self.label_stride = 8 if downsample_labels else 1
