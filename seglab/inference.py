@@ -43,6 +43,30 @@ def _check_stride(window: Sequence[int], stride: Sequence[int]) -> None:
         )
 
 
+def _window_grid(images: torch.Tensor, window: Sequence[int], stride: Sequence[int]):
+    """Pad images smaller than the window; window origins and per-row/column overlap counts.
+
+    The windows form a grid, so the number covering pixel (y, x) is rows[y] * cols[x]: two
+    1-D counts instead of an (H, W) map. Only images smaller than the window are copied.
+    Returns (images, ys, xs, rows, cols).
+    """
+    h, w = images.shape[-2:]
+    wh, ww = window
+    pad_h, pad_w = max(wh - h, 0), max(ww - w, 0)
+    if pad_h or pad_w:
+        images = F.pad(images, (0, pad_w, 0, pad_h))
+    ph, pw = images.shape[-2:]
+    _check_stride(window, stride)
+    ys, xs = _window_starts(ph, wh, stride[0]), _window_starts(pw, ww, stride[1])
+    rows = images.new_zeros(ph, dtype=torch.float32)
+    cols = images.new_zeros(pw, dtype=torch.float32)
+    for y in ys:
+        rows[y : y + wh] += 1
+    for x in xs:
+        cols[x : x + ww] += 1
+    return images, ys, xs, rows, cols
+
+
 def slide_probabilities(
     model: torch.nn.Module,
     images: torch.Tensor,
@@ -61,20 +85,8 @@ def slide_probabilities(
     """
     b, _, h, w = images.shape
     wh, ww = window
-    pad_h, pad_w = max(wh - h, 0), max(ww - w, 0)
-    if pad_h or pad_w:  # only images smaller than the window are copied
-        images = F.pad(images, (0, pad_w, 0, pad_h))
+    images, ys, xs, rows, cols = _window_grid(images, window, stride)
     ph, pw = images.shape[-2:]
-    _check_stride(window, stride)
-    ys, xs = _window_starts(ph, wh, stride[0]), _window_starts(pw, ww, stride[1])
-    # The windows form a grid, so the number covering pixel (y, x) is rows(y) * cols(x):
-    # two 1-D counts instead of an (H, W) map.
-    rows = images.new_zeros(ph, dtype=torch.float32)
-    cols = images.new_zeros(pw, dtype=torch.float32)
-    for y in ys:
-        rows[y : y + wh] += 1
-    for x in xs:
-        cols[x : x + ww] += 1
     boxes = [(y, x) for y in ys for x in xs]
     per_pass = max(1, batch_size // b)  # windows per forward pass, each with all B images
     total = None
@@ -110,18 +122,8 @@ def slide_labels(
     """
     b, _, h, w = images.shape
     wh, ww = window
-    pad_h, pad_w = max(wh - h, 0), max(ww - w, 0)
-    if pad_h or pad_w:
-        images = F.pad(images, (0, pad_w, 0, pad_h))
+    images, ys, xs, rows, cols = _window_grid(images, window, stride)
     ph, pw = images.shape[-2:]
-    _check_stride(window, stride)
-    ys, xs = _window_starts(ph, wh, stride[0]), _window_starts(pw, ww, stride[1])
-    rows = images.new_zeros(ph, dtype=torch.float32)
-    cols = images.new_zeros(pw, dtype=torch.float32)
-    for y in ys:
-        rows[y : y + wh] += 1
-    for x in xs:
-        cols[x : x + ww] += 1
     labels = torch.empty(b, ph, pw, dtype=torch.uint8, device=images.device)
     per_pass = max(1, batch_size // b)
     band = None  # (B, K, wh, PW) probability sums for image rows y .. y + wh

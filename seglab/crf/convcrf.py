@@ -23,7 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from seglab.crf.dense import check_inputs, pixel_features, unary_from_scores
+from seglab.crf.dense import (
+    check_inputs,
+    pixel_features,
+    symmetric_compatibility,
+    unary_from_scores,
+)
 from seglab.crf.params import DenseCRFParams, resolve_params
 from seglab.errors import SeglabError
 
@@ -142,13 +147,7 @@ def conv_crf(
     b, k, h, w = scores.shape
     span = kernel_size // 2
     unary = unary_from_scores(scores, logits)
-    if compatibility is not None:
-        compatibility = compatibility.to(unary)
-        if compatibility.shape != (k, k):
-            raise SeglabError(
-                f"CRF compatibility must be ({k}, {k}), got {tuple(compatibility.shape)}"
-            )
-        compatibility = 0.5 * (compatibility + compatibility.T)
+    compatibility = symmetric_compatibility(compatibility, k, unary)
     images = images.to(unary.device)
 
     out = torch.empty_like(unary)

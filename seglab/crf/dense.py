@@ -66,6 +66,22 @@ def unary_from_scores(scores: Tensor, logits: bool) -> Tensor:
     return -torch.log(scores.clamp(min=PROBABILITY_FLOOR, max=1.0))
 
 
+def symmetric_compatibility(
+    compatibility: Tensor | None, num_classes: int, like: Tensor
+) -> Tensor | None:
+    """A (K, K) label compatibility cost, checked and symmetrised (mean-field needs mu = mu^T);
+    None stays None (Potts)."""
+    if compatibility is None:
+        return None
+    compatibility = compatibility.to(like)
+    if compatibility.shape != (num_classes, num_classes):
+        raise SeglabError(
+            f"CRF compatibility must be ({num_classes}, {num_classes}), "
+            f"got {tuple(compatibility.shape)}"
+        )
+    return 0.5 * (compatibility + compatibility.T)
+
+
 def pixel_features(image: Tensor, theta_position: float, theta_colour: float | None) -> Tensor:
     """Features (H*W, 2 or 5) of one (3, H, W) image, each divided by its standard deviation.
 
@@ -180,13 +196,7 @@ def dense_crf(
     params = resolve_params(preset, iterations, **overrides)
     b, k, h, w = scores.shape
     unary = unary_from_scores(scores, logits)
-    if compatibility is not None:
-        compatibility = compatibility.to(unary)
-        if compatibility.shape != (k, k):
-            raise SeglabError(
-                f"CRF compatibility must be ({k}, {k}), got {tuple(compatibility.shape)}"
-            )
-        compatibility = 0.5 * (compatibility + compatibility.T)
+    compatibility = symmetric_compatibility(compatibility, k, unary)
     images = images.to(unary.device)
 
     out = torch.empty_like(unary)
