@@ -69,19 +69,23 @@ def cmd_data_convert(args: argparse.Namespace) -> None:
 def cmd_models(args: argparse.Namespace) -> None:
     import inspect
 
+    import torch
+
     from seglab.benchmark import model_gflops
     from seglab.models import MODELS, count_parameters, create_model
 
+    width = max(len(name) for name in MODELS) + 1
     for name in sorted(MODELS):
         info = MODELS[name]
-        line = f"{name:<18} {info.summary}"
+        line = f"{name:<{width}} {info.summary}"
         if args.table:
             paper = info.paper_options or {"num_classes": 21}
-            params = count_parameters(create_model(name, **paper))
+            with torch.device("meta"):  # shapes only: no memory for 100M+ parameters
+                params = count_parameters(create_model(name, **paper))
             gflops = model_gflops(name, (512, 512), **paper)  # FlopCounterMode: 2 per MAC
             line = (
-                f"{name:<18} {params:>13,d} params {gflops:>7.1f} GFLOPs@512x512 ({paper})  "
-                f"{info.summary}"
+                f"{name:<{width}} {params:>13,d} params {gflops:>7.1f} GFLOPs@512x512  "
+                f"{info.summary} ({paper})"
             )
         print(line)
         if args.verbose:
@@ -90,7 +94,7 @@ def cmd_models(args: argparse.Namespace) -> None:
                 for p in inspect.signature(info.builder).parameters.values()
                 if p.name not in ("num_classes", "in_channels")
             ]
-            print(f"{'':<18} options: {', '.join(options)}")
+            print(f"{'':<{width}} options: {', '.join(options)}")
 
 
 # ---------------------------------------------------------------------------- train

@@ -157,3 +157,13 @@ def test_eval_with_crf_reports_both_and_crf_search_prints_the_best_setting(tmp_p
         == 0
     )
     assert len(list((tmp_path / "pred" / "labels").glob("*.png"))) == 7
+
+
+def test_models_table_shows_the_papers_parameter_counts(capsys):
+    assert main(["models", "--table"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "134,362,751 params" in rows["fcn8s"]  # MODELS.md
+    assert "31,030,658 params" in rows["unet"]
+    assert "20,505,429 params" in rows["deeplabv1"]
+    assert "29,449,355 params" in rows["segnet"]
+    assert all("GFLOPs@512x512" in row for row in rows.values())
