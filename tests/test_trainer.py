@@ -139,3 +139,14 @@ def test_tensorboard_events_hold_loss_lr_miou_and_a_sample_prediction(tiny_confi
     assert {"train/loss", "train/lr", "val/mean_iou"} <= set(tags["scalars"])
     assert [e.step for e in events.Scalars("val/mean_iou")] == [3, 6]
     assert "val/truth_and_prediction" in tags["images"]
+
+
+def test_resume_survives_a_metrics_line_cut_short_by_a_kill(tiny_config, tmp_path):
+    cfg = tiny_config()
+    train(cfg, progress=False, stop_after=3)
+    log = tmp_path / "run" / "metrics.jsonl"
+    with log.open("a") as handle:
+        handle.write('{"step": 4, "loss": 0.')  # the process died mid-append
+    train(cfg, resume=True, progress=False)
+    records = [json.loads(line) for line in log.open()]  # every line parses again
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5, 6]

@@ -75,14 +75,23 @@ def _append_jsonl(path: Path, record: dict) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
+def _logged_step(line: str) -> int | None:
+    """The step of a metrics.jsonl line; None for a line cut short by a killed process."""
+    try:
+        return json.loads(line).get("step", 0)
+    except json.JSONDecodeError:
+        return None
+
+
 def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines written after the checkpoint a resumed run restarts from."""
+    """Drop log lines written after the checkpoint a resumed run restarts from (and a last
+    line half-written when the process was killed)."""
     if path.is_file():
-        kept = [
-            line
-            for line in path.read_text().splitlines(keepends=True)
-            if json.loads(line).get("step", 0) <= step
-        ]
+        kept = []
+        for line in path.read_text().splitlines():
+            logged = _logged_step(line)
+            if logged is not None and logged <= step:
+                kept.append(line + "\n")
         write_text_atomically(path, "".join(kept))
 
 
