@@ -167,3 +167,15 @@ def test_models_table_shows_the_papers_parameter_counts(capsys):
     assert "20,505,429 params" in rows["deeplabv1"]
     assert "29,449,355 params" in rows["segnet"]
     assert all("GFLOPs@512x512" in row for row in rows.values())
+
+
+def test_damaged_weights_description_is_one_line(tmp_path, capsys):
+    from seglab.engine.checkpoint import save_weights, weights_meta_path
+    from seglab.models import create_model
+
+    path = tmp_path / "w.safetensors"
+    save_weights(create_model("unet", num_classes=3, width=4, depth=2), path)
+    weights_meta_path(path).write_text("name: [unet\n")
+    assert main(["predict", str(path), str(tmp_path), "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert "w.yaml: not valid YAML" in err and err.count("\n") == 1

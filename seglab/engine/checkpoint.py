@@ -83,7 +83,11 @@ def read_weights_meta(path: str | Path) -> dict[str, Any]:
             f"{meta_path} is missing: seglab weights come as NAME.safetensors + NAME.yaml; "
             "copy the YAML that was written beside the weights"
         )
-    meta = yaml.safe_load(meta_path.read_text()) or {}
+    try:
+        meta = yaml.safe_load(meta_path.read_text()) or {}
+    except yaml.YAMLError as error:
+        first = str(error).splitlines()[0]
+        raise SeglabError(f"{meta_path}: not valid YAML ({first}); restore the file") from None
     if not isinstance(meta, dict) or "name" not in meta or "num_classes" not in meta:
         raise SeglabError(f"{meta_path}: not a seglab weights description (no model name)")
     return meta
