@@ -24,9 +24,11 @@ def test_odd_input_gives_logits_of_input_size_and_backward_works(name):
     out = model(x)
     logits = out["out"] if isinstance(out, dict) else out
     assert logits.shape == (2, 3, 97, 131)
-    for aux in out.get("aux", []) if isinstance(out, dict) else []:
+    aux_outputs = out.get("aux", []) if isinstance(out, dict) else []
+    for aux in aux_outputs:
         assert aux.shape[:2] == (2, 3)
-    logits.float().square().mean().backward()
+    # The auxiliary heads are trained too: their outputs join the loss, as in the trainer.
+    sum(o.float().square().mean() for o in [logits, *aux_outputs]).backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert grads and all(g is not None for g in grads), "every learnable parameter gets a gradient"
 

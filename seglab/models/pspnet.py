@@ -104,8 +104,7 @@ class PSPNet(nn.Module):
     # 42,623,936 + pyramid pooling 4,198,400 + 3x3 conv 18,875,392 + classifier 10,773 + aux
     # head 2,365,205.
     68_073_706,
-    # aux off: the contract test backpropagates "out" only; tests/test_pspnet.py covers aux
-    {"encoder": "resnet18d", "head_channels": 64, "aux": False},
+    {"encoder": "resnet18d", "head_channels": 64},
 )
 def pspnet(
     num_classes: int,
