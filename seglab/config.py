@@ -79,6 +79,7 @@ class TrainConfig:
     amp_dtype: str = "auto"  # auto (CUDA: fp16 + grad scaling; CPU: bf16) | bfloat16 | float16
     accumulate: int = 1  # micro-batches per step: batch 16 on one small GPU = 4 x 4
     sync_bn: bool = False  # SyncBatchNorm across ranks under torchrun (PSPNet, DeepLab recipes)
+    freeze_bn: bool = False  # BN in eval mode, affine not trained (DeepLab v3's OS-8 stage)
     channels_last: bool = False  # NHWC memory format (faster convolutions on recent GPUs)
     compile: bool = False  # torch.compile the model
     on_nonfinite: str = "stop"  # stop | skip: a NaN/inf loss stops the run or skips the step

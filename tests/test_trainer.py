@@ -150,3 +150,17 @@ def test_resume_survives_a_metrics_line_cut_short_by_a_kill(tiny_config, tmp_pat
     train(cfg, resume=True, progress=False)
     records = [json.loads(line) for line in log.open()]  # every line parses again
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5, 6]
+
+
+def test_freeze_bn_keeps_statistics_and_affine_fixed(tiny_config, tmp_path):
+    from seglab.models import create_model
+
+    cfg = tiny_config("train.freeze_bn=true", "model.options.dropout=0.0")
+    train(cfg, progress=False)
+    torch.manual_seed(cfg.train.seed)  # the trainer builds its model right after this seed
+    initial = create_model("unet", 6, **cfg.model.options).state_dict()
+    final = _weights(tmp_path / "run" / "final.safetensors")
+    bn_keys = [k for k in final if ".bn." in k]
+    conv_keys = [k for k in final if k.endswith("conv.weight")]
+    assert bn_keys and all(torch.equal(final[k], initial[k]) for k in bn_keys)
+    assert any(not torch.equal(final[k], initial[k]) for k in conv_keys)

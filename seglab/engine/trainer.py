@@ -198,6 +198,19 @@ def _train(
         raise SeglabError(f"loss.border_weights takes w0 and sigma, got {sorted(border)}")
     # With U-Net's border weights the class weights become its w_c term inside w(x).
     criterion = SegmentationLoss(None if border else class_weights, aux_weights).to(device)
+    batchnorms = [
+        m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+    ]
+    if cfg.train.freeze_bn:  # DeepLab v3's second stage: BN statistics and affine fixed
+        for bn in batchnorms:
+            bn.requires_grad_(False)
+
+    def set_training_mode() -> None:
+        model.train()
+        if cfg.train.freeze_bn:
+            for bn in batchnorms:
+                bn.eval()
+
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.iters)
     amp_dtype = _amp_dtype(cfg, device)
@@ -254,7 +267,7 @@ def _train(
     )
     batches = iter(loader)
     val_indices = range(world.rank, len(val_set), world.size)  # each rank evaluates a shard
-    model.train()
+    set_training_mode()
     bar = tqdm(
         total=cfg.train.iters,
         initial=step,
@@ -346,6 +359,7 @@ def _train(
             best_miou = max(best_miou, scores["mean_iou"])
             bar.write(f"step {step}: val mIoU {100 * scores['mean_iou']:.2f}")
             save_state()
+            set_training_mode()  # evaluation switched every module back to train mode
             tic, steps_timed = time.perf_counter(), 0
         elif step % cfg.train.checkpoint_every == 0 or step == stop_after:
             save_state()
