@@ -24,6 +24,7 @@ from seglab.errors import SeglabError
 class ModelConfig:
     name: str = "unet"
     options: dict[str, Any] = field(default_factory=dict)  # the builder's keyword options
+    init_weights: str | None = None  # seglab .safetensors to start from (a previous stage)
 
 
 @dataclass

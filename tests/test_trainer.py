@@ -164,3 +164,24 @@ def test_freeze_bn_keeps_statistics_and_affine_fixed(tiny_config, tmp_path):
     conv_keys = [k for k in final if k.endswith("conv.weight")]
     assert bn_keys and all(torch.equal(final[k], initial[k]) for k in bn_keys)
     assert any(not torch.equal(final[k], initial[k]) for k in conv_keys)
+
+
+def test_init_weights_starts_a_new_stage_from_a_previous_run(tiny_config, tmp_path):
+    train(tiny_config(), progress=False)
+    first = tmp_path / "run" / "final.safetensors"
+    # lr 0 and frozen BN: the second stage must end exactly where it started.
+    second = tiny_config(
+        f"run_dir={tmp_path / 'stage2'}",
+        f"model.init_weights={first}",
+        "optim.lr=0.0",
+        "train.freeze_bn=true",
+        "train.iters=2",
+    )
+    train(second, progress=False)
+    a, b = _weights(first), _weights(tmp_path / "stage2" / "final.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    wrong = tiny_config(
+        f"run_dir={tmp_path / 'wrong'}", f"model.init_weights={first}", "model.options.width=8"
+    )
+    with pytest.raises(SeglabError, match="checkpoint does not fit"):
+        train(wrong, progress=False)

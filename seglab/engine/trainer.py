@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -179,6 +180,11 @@ def _train(
 
     # Model (SyncBN, memory format, DDP, compile), loss, optimizer, schedule.
     model = create_model(cfg.model.name, num_classes, **cfg.model.options)
+    if cfg.model.init_weights and not resume:  # resume restores its own weights
+        init_path = Path(cfg.model.init_weights)
+        if not init_path.is_file():
+            raise SeglabError(f"model.init_weights: {init_path} does not exist")
+        load_state_checked(model, load_file(str(init_path)), init_path, cfg.model.name)
     if cfg.train.sync_bn and world.distributed:
         if device.type == "cpu":  # PyTorch's SyncBatchNorm runs on GPUs only
             warnings.warn(
