@@ -22,7 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "RESULTS.md"
+from results_file import RESULTS, write_section
+
 SECTION = "## Sliding-window memory"
 MIB = 2**20
 
@@ -99,25 +100,6 @@ def measure_in_subprocess(
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def write_results_section(table: str) -> None:
-    """Replace (or append) the '## Sliding-window memory' section of RESULTS.md, keeping the
-    other sections as they are."""
-    text = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n"
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + table
-    else:
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
-        )
-        new = "".join(lines[:start]) + table + ("\n" if end < len(lines) else "")
-        new += "".join(lines[end:])
-    partial = RESULTS.with_suffix(".md.partial")
-    partial.write_text(new)
-    os.replace(partial, RESULTS)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--measure", type=int, help="measure one size here, print JSON")
@@ -167,7 +149,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
     )
     if not args.no_write:
-        write_results_section(table)
+        write_section(SECTION, table)
         print(f"wrote {SECTION!r} in {RESULTS}")
 
 

@@ -17,16 +17,15 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from results_file import write_section
 
 from seglab.benchmark import count_flops
 from seglab.models import MODELS, count_parameters, create_model
 
 HEADING = "## Model table (512x512, CPU)"
 DEFAULT_MODELS = ["segnet", "pspnet", "dilated_context", "refinenet", "fcn8s", "unet"]
-RESULTS = Path(__file__).parent / "RESULTS.md"
 
 
 def measure(name: str, size: int = 512, runs: int = 3) -> dict:
@@ -75,18 +74,6 @@ def table(rows: list[dict], runs: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results_section(text: str, path: Path = RESULTS) -> None:
-    """Replace (or append) the HEADING section of RESULTS.md, keeping every other section."""
-    old = path.read_text() if path.is_file() else "# Benchmark results\n"
-    start = old.find(HEADING)
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = old.find("\n## ", start + len(HEADING))
-        new = old[:start] + text + (old[end + 1 :] if end >= 0 else "")
-    path.write_text(new)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS, help="registered names")
@@ -103,7 +90,7 @@ def main() -> None:
             flush=True,
         )
         rows.append(row)
-    write_results_section(table(rows, args.runs))
+    write_section(HEADING, table(rows, args.runs))
 
 
 if __name__ == "__main__":

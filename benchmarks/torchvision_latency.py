@@ -17,15 +17,14 @@ import argparse
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from results_file import write_section
 from torchvision.models import segmentation
 
 from seglab.models.torchvision_convert import load_torchvision_checkpoint
 
 HEADING = "## torchvision-equivalent latency"
-RESULTS = Path(__file__).with_name("RESULTS.md")
 PAIRS = {  # torchvision builder -> seglab model name (for the table)
     "deeplabv3_resnet50": "deeplabv3_torchvision (encoder=resnet50)",
     "fcn_resnet50": "fcn_resnet (encoder=resnet50)",
@@ -107,19 +106,6 @@ def format_section(rows: list[dict], repeats: int, warmup: int, size: int) -> st
     return "\n".join(lines) + "\n"
 
 
-def write_results(section: str, path: Path = RESULTS) -> None:
-    """Replace (or append) the section in RESULTS.md, leaving the other sections as they are."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = text.find(HEADING)
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(HEADING))
-        rest = "" if end == -1 else text[end + 1 :]
-        text = text[:start] + section + ("\n" + rest if rest else "")
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
@@ -129,7 +115,7 @@ def main() -> None:
     rows = run(args.repeats, args.warmup, args.size)
     section = format_section(rows, args.repeats, args.warmup, args.size)
     print(section)
-    write_results(section)
+    write_section(HEADING, section)
 
 
 if __name__ == "__main__":
