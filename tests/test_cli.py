@@ -8,6 +8,18 @@ from PIL import Image
 from seglab.cli import main
 
 
+def _tiny_config(tmp_path, data, batch_size: int):
+    """A 2-step width-4 U-Net run on `data`, written to tmp_path/run; returns the YAML path."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        "model: {name: unet, options: {width: 4, depth: 2, padding: same, batch_norm: true}}\n"
+        f"data: {{root: {data}, batch_size: {batch_size}}}\n"
+        "train: {iters: 2, eval_every: 2, log_every: 1}\n"
+        f"run_dir: {tmp_path / 'run'}\n"
+    )
+    return config
+
+
 def test_data_shapes_train_eval_predict(tmp_path, capsys):
     data = tmp_path / "shapes"
     assert (
@@ -16,13 +28,7 @@ def test_data_shapes_train_eval_predict(tmp_path, capsys):
     )
     assert main(["--quiet", "data", "check", str(data)]) == 0
     assert "val: 4 images, 6 classes" in capsys.readouterr().out
-    config = tmp_path / "tiny.yaml"
-    config.write_text(
-        "model: {name: unet, options: {width: 4, depth: 2, padding: same, batch_norm: true}}\n"
-        f"data: {{root: {data}, batch_size: 4}}\n"
-        "train: {iters: 2, eval_every: 2, log_every: 1}\n"
-        f"run_dir: {tmp_path / 'run'}\n"
-    )
+    config = _tiny_config(tmp_path, data, batch_size=4)
     assert main(["--quiet", "train", str(config), "optim.lr=0.05"]) == 0
     assert main(["--quiet", "eval", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
@@ -106,13 +112,7 @@ def test_eval_with_crf_reports_both_and_crf_search_prints_the_best_setting(tmp_p
         main(["--quiet", "data", "shapes", str(data), "--train", "4", "--val", "3", "--size", "24"])
         == 0
     )
-    config = tmp_path / "tiny.yaml"
-    config.write_text(
-        "model: {name: unet, options: {width: 4, depth: 2, padding: same, batch_norm: true}}\n"
-        f"data: {{root: {data}, batch_size: 2}}\n"
-        "train: {iters: 2, eval_every: 2}\n"
-        f"run_dir: {tmp_path / 'run'}\n"
-    )
+    config = _tiny_config(tmp_path, data, batch_size=2)
     assert main(["--quiet", "train", str(config)]) == 0
     assert main(["--quiet", "eval", str(tmp_path / "run"), "--crf", "deeplab-v2"]) == 0
     out = capsys.readouterr().out
