@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from seglab.device import resolve_device
 from seglab.errors import SeglabError
 from seglab.nn.fold_batchnorm import count_batchnorms, fold_batchnorm, input_channels
 
@@ -251,9 +252,7 @@ def benchmark(
     """
     from seglab.models import count_parameters
 
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SeglabError("--device cuda asked for, but torch sees no CUDA device here")
+    device = resolve_device(device, option="--device")
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise SeglabError(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")

@@ -155,6 +155,7 @@ def evaluate_checkpoint(
     from seglab.data import build_dataset
     from seglab.data.folder import check_dataset
     from seglab.data.transforms import eval_transform
+    from seglab.device import resolve_device
     from seglab.engine.checkpoint import load_weights
     from seglab.engine.evaluate import evaluate
     from seglab.engine.report import write_report
@@ -177,7 +178,7 @@ def evaluate_checkpoint(
             f"{weights}: model has {meta['num_classes']} classes but {data_root} has "
             f"{dataset.num_classes}; evaluate it on the dataset it was trained for"
         )
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device("auto")
     model.to(device)
     overlays = []
     crf_confusion = ConfusionMatrix(dataset.num_classes, device) if crf else None

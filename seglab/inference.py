@@ -18,6 +18,7 @@ from PIL import Image
 from seglab.config import InferenceConfig
 from seglab.data.folder import ClassInfo, read_image
 from seglab.data.transforms import normalize_image
+from seglab.device import resolve_device
 from seglab.errors import SeglabError
 from seglab.nn import mirror_pad, resize_to
 
@@ -260,21 +261,11 @@ class Segmenter:
         inference: InferenceConfig | None = None,
         crf: str | None = None,
     ) -> None:
-        self.device = self.resolve_device(device)
+        self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.classes = classes
         self.inference = inference or InferenceConfig()
         self.crf = self.check_crf_preset(crf)
-
-    @staticmethod
-    def resolve_device(device: str | torch.device) -> torch.device:
-        """The device for `device`; "auto" is CUDA when available, else the CPU."""
-        if str(device) == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        device = torch.device(device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise SeglabError(f"device {device} asked for, but torch sees no CUDA device here")
-        return device
 
     @staticmethod
     def check_crf_preset(crf: str | None) -> str | None:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from seglab.device import resolve_device
+
 
 @dataclass(frozen=True)
 class World:
@@ -32,29 +34,17 @@ class World:
 def init_world(device_name: str) -> tuple[World, torch.device]:
     """Join torchrun's process group (NCCL on CUDA, gloo on the CPU); pick this rank's device."""
     if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
-        return World(), _device(device_name, 0)
+        return World(), resolve_device(device_name, 0, "train.device")
     world = World(
         int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
     )
-    device = _device(device_name, world.local_rank)
+    device = resolve_device(device_name, world.local_rank, "train.device")
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend)
     return world, device
-
-
-def _device(name: str, local_rank: int) -> torch.device:
-    from seglab.errors import SeglabError
-
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise SeglabError(f"train.device={name} but no CUDA device is available; use cpu")
-        return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
-    return torch.device(name)
 
 
 def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
