@@ -40,58 +40,65 @@ __all__ = ["PermutohedralLattice"]
 
 
 def _elevate(features: Tensor) -> Tensor:
-    """(N, d) features -> (N, d+1) points on the hyperplane sum = 0, scaled for a unit Gaussian.
+    """(N, d) features -> (d+1, N) points on the hyperplane sum = 0, scaled for a unit Gaussian.
 
     The scale makes the lattice blur approximate exp(-|fi - fj|^2 / 2) (Adams et al., p. 6).
+    The result is coordinate-major: every later step of the build works on whole coordinates,
+    contiguous vectors of N values, rather than on N short rows.
     """
     n, d = features.shape
     inv_std_dev = math.sqrt(2.0 / 3.0) * (d + 1)
     i = torch.arange(d, device=features.device, dtype=features.dtype)
-    scaled = features * (inv_std_dev / torch.sqrt((i + 1) * (i + 2)))
-    # tail[k] = sum of scaled[k:], the running sum densecrf builds from the last feature down.
-    tail = scaled.flip(1).cumsum(1).flip(1)
-    elevated = torch.empty(n, d + 1, device=features.device, dtype=features.dtype)
-    elevated[:, 0] = tail[:, 0]
-    elevated[:, 1:d] = tail[:, 1:] - (i[:-1] + 1) * scaled[:, :-1]
-    elevated[:, d] = -d * scaled[:, d - 1]
+    scaled = (features * (inv_std_dev / torch.sqrt((i + 1) * (i + 2)))).T
+    elevated = torch.empty(d + 1, n, device=features.device, dtype=features.dtype)
+    # Coordinate k is the sum of scaled[k:] minus k scaled[k - 1], densecrf's running sum from
+    # the last feature down.
+    elevated[d] = -d * scaled[d - 1]
+    tail = torch.zeros(n, device=features.device, dtype=features.dtype)
+    for k in range(d - 1, 0, -1):
+        tail += scaled[k]
+        elevated[k] = tail - k * scaled[k - 1]
+    elevated[0] = tail + scaled[0]
     return elevated
 
 
 def _simplex(elevated: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Enclosing simplex of each elevated point.
+    """Enclosing simplex of each elevated point, all (d+1, N) like `elevated`.
 
-    Returns rem0 (N, d+1) int64, the nearest 0-coloured lattice point; rank (N, d+1) int64,
-    each coordinate's position when the residual is sorted in decreasing order; and
-    barycentric (N, d+1) float weights of the simplex's d+1 vertices.
+    Returns rem0 int32, the nearest 0-coloured lattice point; rank int32, each coordinate's
+    position when the residual is sorted in decreasing order; and the barycentric weights of
+    the simplex's d+1 vertices.
     """
-    n, d1 = elevated.shape
+    d1, n = elevated.shape
     d = d1 - 1
-    rounded = torch.round(elevated / d1)
+    rounded = torch.round(elevated * (1.0 / d1))
     rem0 = rounded * d1
-    excess = rounded.sum(1, keepdim=True).long()
+    residual = elevated - rem0
 
-    # Position of each coordinate in the residual sorted in decreasing order; a stable sort
-    # ranks the earlier of two equal coordinates first, which is densecrf's tie-break.
-    order = torch.sort(elevated - rem0, dim=1, descending=True, stable=True).indices
-    rank = torch.empty_like(order).scatter_(
-        1, order, torch.arange(d1, device=order.device).expand(n, d1)
-    )
-    rank += excess
+    # rank[i] = #{j : residual[j] > residual[i]} + #{j < i : residual[j] == residual[i]}
+    # (densecrf's tie-break), counted pairwise: d(d+1)/2 comparisons of whole coordinates are
+    # much faster than sorting N rows of d+1 values.
+    rank = rounded.sum(0).to(torch.int32).expand(d1, n).contiguous()
+    for i in range(d1):
+        for j in range(i + 1, d1):
+            j_first = residual[i] < residual[j]
+            rank[i] += j_first
+            rank[j] += ~j_first
 
-    # A point off the plane (excess != 0) is brought back by wrapping ranks around.
-    rem0 = rem0.long()
-    low = rank < 0
-    high = rank > d
-    rank = rank + d1 * low - d1 * high
-    rem0 = rem0 + d1 * low - d1 * high
+    # A point off the plane (rank outside 0..d) is brought back by wrapping ranks around.
+    rem0 = rem0.to(torch.int32)
+    wrap = (rank < 0).to(torch.int32) - (rank > d).to(torch.int32)
+    rank += d1 * wrap
+    rem0 += d1 * wrap
 
     # Barycentric coordinates (Adams et al., p. 10): d+2 slots, the last folds onto the first.
-    value = (elevated - rem0.to(elevated.dtype)) / d1
-    bary = torch.zeros(n, d + 2, device=elevated.device, dtype=elevated.dtype)
-    bary.scatter_add_(1, d - rank, value)
-    bary.scatter_add_(1, d + 1 - rank, -value)
-    bary[:, 0] += 1.0 + bary[:, d + 1]
-    return rem0, rank, bary[:, : d + 1]
+    value = (elevated - rem0) * (1.0 / d1)
+    slot = d - rank.long()
+    bary = torch.zeros(d + 2, n, device=elevated.device, dtype=elevated.dtype)
+    bary.scatter_add_(0, slot, value)
+    bary.scatter_add_(0, slot + 1, -value)
+    bary[0] += 1.0 + bary[d + 1]
+    return rem0, rank, bary[:d1]
 
 
 @dataclass
@@ -103,16 +110,18 @@ class PermutohedralLattice:
     CPU it is several times faster than a sparse CSR product or index_add_ for these shapes.
     The M vertices are numbered in the sorted order of their keys: a blur step then reads its
     neighbours in increasing order (the key offset to a neighbour is a constant), which keeps
-    the memory access streaming even when the lattice is larger than the cache.
+    the memory access streaming even when the lattice is larger than the cache. Indices are
+    int32 (half the memory traffic of int64) unless the lattice is too large for them.
 
     Attributes:
-        splat_point: (N*(d+1),) int64, the points, grouped by the vertex they splat to.
-        splat_offset: (M,) int64, where each vertex's group starts in splat_point.
+        splat_point: (N*(d+1),) int, the points, grouped by the vertex they splat to.
+        splat_offset: (M,) int, where each vertex's group starts in splat_point.
         splat_weight: (N*(d+1),) float, their barycentric weights (times any pre-scaling).
-        blur: d+1 triples (vertex (E,) int64, weight (E,) float, offset (M,) int64), one per
-            lattice direction, applied in order: each vertex's bag is itself (weight 1) and its
-            existing neighbours along that direction (weight 1/2).
-        slice_vertex: (N, d+1) int64, the vertices of each point's simplex.
+        blur: d+1 pairs (bag (M, 3) int, weight (M, 3) float), one per lattice direction,
+            applied in order: vertex v becomes v + (first + second) / 2 over its neighbours
+            along that direction; a missing neighbour is v itself with weight 0, so every bag
+            has the same size and needs no offsets.
+        slice_vertex: (N, d+1) int, the vertices of each point's simplex.
         slice_weight: (N, d+1) float, their barycentric weights times densecrf's
             alpha = 1 / (1 + 2^-d) (times any post-scaling).
     """
@@ -120,7 +129,7 @@ class PermutohedralLattice:
     splat_point: Tensor
     splat_offset: Tensor
     splat_weight: Tensor
-    blur: list[tuple[Tensor, Tensor, Tensor]]
+    blur: list[tuple[Tensor, Tensor]]
     slice_vertex: Tensor
     slice_weight: Tensor
 
@@ -139,70 +148,77 @@ class PermutohedralLattice:
 
         # Vertex r of a simplex is rem0 + r - d1 [rank > d - r] in each coordinate; only the
         # first d coordinates identify it (sum = 0 fixes the last). Each vertex is hashed to
-        # one int64 code, a mixed-radix number in those coordinates, computed without forming
-        # the keys. A margin of 2 d1 on every coordinate covers the canonical offsets and the
-        # +-d steps to neighbours, so a neighbour's code cannot alias another vertex's.
-        low = rem0[:, :d].amin(0) - 2 * d1
-        span = rem0[:, :d].amax(0) + 2 * d1 - low + 1
-        if float(torch.prod(span.double())) >= 2.0**62:
+        # one integer code, a mixed-radix number in those coordinates, computed without
+        # forming the keys. A margin of 2 d1 on every coordinate covers the canonical offsets
+        # and the +-d steps to neighbours, so a neighbour's code cannot alias another vertex's.
+        low = (rem0[:d].amin(1) - 2 * d1).tolist()
+        span = [
+            high - lo + 2 * d1 + 1 for high, lo in zip(rem0[:d].amax(1).tolist(), low, strict=True)
+        ]
+        if math.prod(span) >= 2**62:
             raise ValueError("features span too large a lattice; scale them down")
-        stride = torch.ones(d1, dtype=torch.long, device=device)
-        stride[d] = 0
+        code_type = torch.int32 if math.prod(span) < 2**31 else torch.int64
+        index_type = torch.int32 if n * d1 < 2**31 else torch.int64
+        stride = [0] * d1  # stride[d] = 0: the last coordinate is not part of the code
+        stride[d - 1] = 1
         for k in range(d - 2, -1, -1):
             stride[k] = stride[k + 1] * span[k + 1]
-        base = (rem0[:, :d] - low) @ stride[:d]
-        # by_rank[q] = stride of the coordinate whose rank is q; its suffix sums give, for
-        # vertex r, the strides of the coordinates with rank > d - r.
-        by_rank = torch.zeros_like(rank).scatter_(1, rank, stride.expand(n, d1))
-        wrapped = by_rank.flip(1).cumsum(1)
-        r = torch.arange(d1, device=device)
-        codes = (
-            base[:, None]
-            + r * stride.sum()
-            - d1 * torch.cat([torch.zeros_like(base)[:, None], wrapped[:, :d]], 1)
+        # by_rank[q] = stride of the coordinate whose rank is q. Vertex r + 1 is vertex r plus
+        # 1 in every coordinate, minus d1 in the one whose rank is d - r: its code is vertex
+        # r's plus sum(stride) - d1 by_rank[d - r].
+        by_rank = torch.zeros(d1, n, dtype=code_type, device=device).scatter_(
+            0,
+            rank.long(),
+            torch.tensor(stride, dtype=code_type, device=device)[:, None].expand(d1, n),
         )
-        codes = codes.reshape(-1)
-        if float(torch.prod(span.double())) < 2.0**31:
-            codes = codes.int()  # halves the sort's memory traffic
+        codes = torch.empty(d1, n, dtype=code_type, device=device)
+        codes[0] = 0
+        for k in range(d):
+            codes[0] += (rem0[k] - low[k]).to(code_type) * stride[k]
+        for r in range(1, d1):
+            torch.add(codes[r - 1], by_rank[d - r + 1], alpha=-d1, out=codes[r]).add_(sum(stride))
 
         # One sort gives the vertices (unique codes), each entry's vertex and the splat groups.
         # (stable=True lets PyTorch use its radix sort for integers on CPU.)
-        sorted_codes, by_vertex = torch.sort(codes, stable=True)
-        vertex_codes, counts = torch.unique_consecutive(sorted_codes, return_counts=True)
+        sorted_codes, by_vertex = torch.sort(codes.view(-1), stable=True)
+        vertex_codes, vertex_of_sorted, counts = torch.unique_consecutive(
+            sorted_codes, return_inverse=True, return_counts=True
+        )
         m = vertex_codes.numel()
-        splat_offset = torch.zeros(m, dtype=torch.long, device=device)
+        slice_vertex = torch.empty(d1 * n, dtype=index_type, device=device)
+        slice_vertex[by_vertex] = vertex_of_sorted.to(index_type)
+        splat_offset = torch.zeros(m, dtype=index_type, device=device)
         splat_offset[1:] = counts[:-1].cumsum(0)
-        slice_vertex = torch.empty(n * d1, dtype=torch.long, device=device)
-        slice_vertex[by_vertex] = torch.arange(m, device=device).repeat_interleave(counts)
 
         # Neighbours along direction j: key - 1 everywhere except key[j] + d, and the mirror.
         # The code is linear in the key, so the first is one constant offset, and the mirror
         # relation is its inverse: if b is a's first neighbour, a is b's second.
-        step = d1 * stride - stride.sum()
+        vertex = torch.arange(m, dtype=index_type, device=device)
+        no_weight = torch.zeros(m + 1, device=device)  # slot m: where misses write
         blur = []
         for j in range(d1):
-            wanted = vertex_codes + step[j]
-            found = torch.searchsorted(vertex_codes, wanted).clamp_(max=m - 1)
-            first = torch.where(vertex_codes[found] == wanted, found, m)
-            second = torch.full((m + 1,), m, dtype=torch.long, device=device)
-            second[first] = torch.arange(m, device=device)
-            # One weighted bag per vertex, v + (first + second) / 2, missing ones left out.
-            bag = torch.stack([torch.arange(m, device=device), first, second[:m]], 1)
-            present = bag < m
-            offset = torch.zeros(m, dtype=torch.long, device=device)
-            offset[1:] = present.sum(1)[:-1].cumsum(0)
-            kept = present.view(-1).nonzero().squeeze(1)  # one nonzero for both gathers
-            bag_weight = torch.where(kept % 3 == 0, 1.0, 0.5)
-            blur.append((bag.view(-1)[kept], bag_weight, offset))
+            wanted = vertex_codes + (d1 * stride[j] - sum(stride))
+            found = torch.searchsorted(vertex_codes, wanted, out_int32=index_type == torch.int32)
+            found.clamp_(max=m - 1)
+            hit = vertex_codes[found] == wanted
+            first = torch.where(hit, found, vertex)
+            target = torch.where(hit, found, m)
+            second = torch.cat([vertex, vertex[-1:]]).index_put_((target,), vertex)
+            second_weight = no_weight.index_put((target,), torch.full_like(no_weight[:m], 0.5))
+            bag = torch.stack([vertex, first, second[:m]], 1)
+            bag_weight = torch.stack(
+                [torch.ones_like(hit, dtype=torch.float), 0.5 * hit, second_weight[:m]], 1
+            )
+            blur.append((bag, bag_weight))
 
         alpha = 1.0 / (1.0 + 2.0**-d)
         return cls(
-            splat_point=torch.div(by_vertex, d1, rounding_mode="floor"),
+            splat_point=(by_vertex % n).to(index_type),
             splat_offset=splat_offset,
-            splat_weight=weight.reshape(-1)[by_vertex],
+            splat_weight=weight.view(-1)[by_vertex],
             blur=blur,
-            slice_vertex=slice_vertex.view(n, d1),
-            slice_weight=alpha * weight,
+            slice_vertex=slice_vertex.view(d1, n).T.contiguous(),
+            slice_weight=(alpha * weight).T.contiguous(),
         )
 
     def scaled(self, before: Tensor, after: Tensor) -> PermutohedralLattice:
@@ -221,7 +237,7 @@ class PermutohedralLattice:
         """One lattice whose filter is the sum of the given lattices' filters (same N points).
 
         The vertex sets are kept apart (block-diagonal), a lattice with fewer blur directions
-        copies its vertices through the extra ones, and each point's slice reads all its
+        keeps its vertices through the extra ones, and each point's slice reads all its
         simplices at once. Summing the CRF's two kernels this way halves the number of
         gather passes per mean-field iteration.
         """
@@ -230,27 +246,28 @@ class PermutohedralLattice:
             bases.append(bases[-1] + lattice.num_vertices)
         blur = []
         for j in range(max(len(lattice.blur) for lattice in lattices)):
-            bags, weights, offsets, used = [], [], [], 0
+            bags, weights = [], []
             for lattice, base in zip(lattices, bases, strict=False):
                 if j < len(lattice.blur):
-                    bag, weight, offset = lattice.blur[j]
-                else:
-                    bag = torch.arange(lattice.num_vertices, device=lattice.splat_point.device)
-                    weight = torch.ones(bag.shape, device=bag.device)
-                    offset = bag
+                    bag, weight = lattice.blur[j]
+                else:  # the identity: v + 0 v + 0 v
+                    bag, weight = lattice.blur[0]
+                    bag = bag[:, :1].expand_as(bag)
+                    weight = torch.zeros_like(weight).index_fill_(
+                        1, weight.new_zeros(1, dtype=torch.long), 1.0
+                    )
                 bags.append(bag + base)
                 weights.append(weight)
-                offsets.append(offset + used)
-                used += bag.numel()
-            blur.append((torch.cat(bags), torch.cat(weights), torch.cat(offsets)))
-        splat_sizes = [lattice.splat_point.numel() for lattice in lattices]
-        splat_starts = torch.tensor([0, *splat_sizes[:-1]]).cumsum(0).tolist()
+            blur.append((torch.cat(bags), torch.cat(weights)))
+        splat_starts = [0]
+        for lattice in lattices:
+            splat_starts.append(splat_starts[-1] + lattice.splat_point.numel())
         return cls(
             splat_point=torch.cat([lattice.splat_point for lattice in lattices]),
             splat_offset=torch.cat(
                 [
                     lat.splat_offset + start
-                    for lat, start in zip(lattices, splat_starts, strict=True)
+                    for lat, start in zip(lattices, splat_starts, strict=False)
                 ]
             ),
             splat_weight=torch.cat([lattice.splat_weight for lattice in lattices]),
@@ -263,20 +280,17 @@ class PermutohedralLattice:
 
     def filter(self, values: Tensor) -> Tensor:
         """Approximate sum_j exp(-|fi - fj|^2 / 2) values[j] for values (N, K) -> (N, K)."""
-        values = values.contiguous()
         lattice = F.embedding_bag(
             self.splat_point,
-            values,
+            values.contiguous(),
             self.splat_offset,
             mode="sum",
             per_sample_weights=self.splat_weight,
         )
         # The blur and slice run in the dtype of the slice weights (see with_vertex_dtype).
         lattice = lattice.to(self.slice_weight.dtype)
-        for bag, bag_weight, offset in self.blur:
-            lattice = F.embedding_bag(
-                bag, lattice, offset, mode="sum", per_sample_weights=bag_weight
-            )
+        for bag, bag_weight in self.blur:
+            lattice = F.embedding_bag(bag, lattice, mode="sum", per_sample_weights=bag_weight)
         out = F.embedding_bag(
             self.slice_vertex, lattice, mode="sum", per_sample_weights=self.slice_weight
         )
@@ -290,6 +304,6 @@ class PermutohedralLattice:
         """
         return replace(
             self,
-            blur=[(bag, weight.to(dtype), offset) for bag, weight, offset in self.blur],
+            blur=[(bag, weight.to(dtype)) for bag, weight in self.blur],
             slice_weight=self.slice_weight.to(dtype),
         )
