@@ -122,46 +122,97 @@ def _smoothness_kernel(
     return _normalised_kernel(pixel_features(image, theta_gamma, None), 1.0)
 
 
+# Rows of (N, K) per step of the chunked slice-and-update: a few MB, so each step's temporaries
+# stay in the CPU cache and are recycled by the allocator (a fresh tensor over ~32 MB costs a
+# page fault per 4 KiB, ~10 ms for a 1024x512 image's Q).
+CHUNK_BYTES = 2**21
+
+
+def _row_chunks(n: int, k: int) -> list[tuple[int, int]]:
+    rows = max(1024, CHUNK_BYTES // (4 * k))
+    return [(start, min(n, start + rows)) for start in range(0, n, rows)]
+
+
+def _unary_rows(scores: Tensor, logits: bool) -> Tensor:
+    """(K, N) scores of one image -> (N, K) float32 unary costs, each row's minimum 0."""
+    k, n = scores.shape
+    unary = torch.empty(n, k, device=scores.device)
+    for start, end in _row_chunks(n, k):
+        rows = unary_from_scores(scores[:, start:end].T, logits)
+        unary[start:end] = rows.sub_(rows.amin(1, keepdim=True))
+    return unary
+
+
+def _update(message: Tensor, unary: Tensor, compatibility: Tensor | None) -> Tensor:
+    """Q rows = softmax(-unary - mu(message)), in place in `message` where possible."""
+    if compatibility is not None:
+        return torch.softmax(-unary - message @ compatibility, dim=1)
+    # Potts: -mu(message) = +message up to a per-pixel constant. The class with unary 0 (each
+    # row's smallest cost is subtracted beforehand) has a non-negative exponent, so the sum is
+    # at least 1; only an overflow (message > 88) needs the max-subtracted softmax. Without it,
+    # a matrix-vector product sums the K exponentials: about twice as fast as torch.softmax
+    # over a short last dimension.
+    negative_energy = message.sub_(unary)
+    q = negative_energy.exp()
+    total = q @ q.new_ones(q.shape[1], 1)
+    if not bool(torch.isfinite(total).all()):
+        return torch.softmax(negative_energy, dim=1)
+    return q.mul_(total.reciprocal_())
+
+
 def mean_field(
     unary: Tensor,
     kernels: list[PermutohedralLattice],
     iterations: int,
     compatibility: Tensor | None = None,
     vertex_dtype: torch.dtype = torch.float32,
+    out: Tensor | None = None,
 ) -> Tensor:
     """Q (N, K) after `iterations` mean-field updates from unary costs (N, K).
 
     kernels: filters with their weight and normalisation folded in (their sum is the message).
     compatibility: (K, K) cost mu(l, l'), or None for Potts.
     vertex_dtype: storage of the lattice's vertex values (see dense_crf).
+    out: where to write the final Q; any (N, K) view (dense_crf passes a transposed one).
+
+    The lattice is splatted and blurred whole; the slice and the update then run over chunks
+    of rows, so Q is the only (N, K) tensor written per iteration.
     """
-    q = torch.softmax(-unary, dim=1)
+    return _iterate(
+        unary - unary.amin(1, keepdim=True),  # the same Q; see _update
+        kernels,
+        iterations,
+        compatibility,
+        vertex_dtype,
+        torch.empty_like(unary) if out is None else out,
+    )
+
+
+def _iterate(
+    unary: Tensor,
+    kernels: list[PermutohedralLattice],
+    iterations: int,
+    compatibility: Tensor | None,
+    vertex_dtype: torch.dtype,
+    out: Tensor,
+) -> Tensor:
+    """mean_field for unary costs whose rows have minimum 0, writing Q into out (N, K)."""
+    n, k = unary.shape
+    chunks = _row_chunks(n, k)
+    q = out if iterations == 0 or not kernels else torch.empty_like(unary)
+    for start, end in chunks:
+        q[start:end] = torch.softmax(-unary[start:end], dim=1)
     if not kernels:
-        return q
+        return out
     # One lattice whose filter is the sum of the kernels: one splat-blur-slice per iteration.
     kernel = PermutohedralLattice.stack(kernels).with_vertex_dtype(vertex_dtype)
-    # With Potts, -energy = message - unary <= message once each pixel's smallest cost is 0,
-    # and the message is at most the filtered ones. Below exp's float32 range, softmax needs no
-    # max subtraction, and a matrix-vector product sums the K exponentials: together about
-    # twice as fast as torch.softmax over a short last dimension.
-    unary = unary - unary.amin(1, keepdim=True)
-    ones = torch.ones(unary.shape[1], 1, device=unary.device)
-    fast = (
-        compatibility is None and float(kernel.filter(ones[:1].expand_as(unary[:, :1])).max()) < 80
-    )
-    for _ in range(iterations):
-        message = kernel.filter(q)
-        if compatibility is None:
-            # Potts: -mu(message) = +message, up to a per-pixel constant.
-            negative_energy = message.sub_(unary)
-        else:
-            negative_energy = -unary - message @ compatibility
-        if fast:
-            q = negative_energy.exp_()
-            q.mul_((q @ ones).reciprocal_())
-        else:
-            q = torch.softmax(negative_energy, dim=1)
-    return q
+    for iteration in range(iterations):
+        vertices = kernel.splat_and_blur(q)
+        target = out if iteration == iterations - 1 else q
+        for start, end in chunks:
+            message = kernel.slice(vertices, start, end)
+            target[start:end] = _update(message, unary[start:end], compatibility)
+    return out
 
 
 def dense_crf(
@@ -195,21 +246,23 @@ def dense_crf(
     check_inputs(scores, images)
     params = resolve_params(preset, iterations, **overrides)
     b, k, h, w = scores.shape
-    unary = unary_from_scores(scores, logits)
-    compatibility = symmetric_compatibility(compatibility, k, unary)
-    images = images.to(unary.device)
+    compatibility = symmetric_compatibility(
+        compatibility, k, scores.new_empty(0, dtype=torch.float32)
+    )
+    images = images.to(scores.device)
 
-    out = torch.empty_like(unary)
+    out = torch.empty(b, k, h, w, device=scores.device)
     for i in range(b):
         kernels = []
         if params.w1 > 0:
             features = pixel_features(images[i], params.theta_alpha, params.theta_beta)
             kernels.append(_normalised_kernel(features, params.w1))
         if params.w2 > 0:
-            smoothness = _smoothness_kernel(h, w, float(params.theta_gamma), unary.device)
+            smoothness = _smoothness_kernel(h, w, float(params.theta_gamma), scores.device)
             kernels.append(replace(smoothness, slice_weight=params.w2 * smoothness.slice_weight))
-        # (K, H, W) -> (N, K): the sparse products want each pixel's classes contiguous.
-        flat_unary = unary[i].reshape(k, -1).T.contiguous()
-        q = mean_field(flat_unary, kernels, params.iterations, compatibility, vertex_dtype)
-        out[i] = q.T.reshape(k, h, w)
+        # The lattice gathers want each pixel's classes contiguous: (K, H, W) -> (N, K), and
+        # back through a transposed view of the output.
+        unary = _unary_rows(scores[i].reshape(k, h * w), logits)
+        target = out[i].view(k, h * w).T
+        _iterate(unary, kernels, params.iterations, compatibility, vertex_dtype, target)
     return out

@@ -280,7 +280,11 @@ class PermutohedralLattice:
 
     def filter(self, values: Tensor) -> Tensor:
         """Approximate sum_j exp(-|fi - fj|^2 / 2) values[j] for values (N, K) -> (N, K)."""
-        lattice = F.embedding_bag(
+        return self.slice(self.splat_and_blur(values), 0, values.shape[0]).to(values.dtype)
+
+    def splat_and_blur(self, values: Tensor) -> Tensor:
+        """The vertex values (M, K) after splatting values (N, K) and blurring."""
+        vertices = F.embedding_bag(
             self.splat_point,
             values.contiguous(),
             self.splat_offset,
@@ -288,13 +292,20 @@ class PermutohedralLattice:
             per_sample_weights=self.splat_weight,
         )
         # The blur and slice run in the dtype of the slice weights (see with_vertex_dtype).
-        lattice = lattice.to(self.slice_weight.dtype)
+        vertices = vertices.to(self.slice_weight.dtype)
         for bag, bag_weight in self.blur:
-            lattice = F.embedding_bag(bag, lattice, mode="sum", per_sample_weights=bag_weight)
-        out = F.embedding_bag(
-            self.slice_vertex, lattice, mode="sum", per_sample_weights=self.slice_weight
-        )
-        return out.to(values.dtype)
+            vertices = F.embedding_bag(bag, vertices, mode="sum", per_sample_weights=bag_weight)
+        return vertices
+
+    def slice(self, vertices: Tensor, start: int, end: int) -> Tensor:
+        """Filtered values (end - start, K) float32 of points start..end from splat_and_blur's
+        vertices: slicing a range at a time keeps the (N, K) output out of memory at once."""
+        return F.embedding_bag(
+            self.slice_vertex[start:end],
+            vertices,
+            mode="sum",
+            per_sample_weights=self.slice_weight[start:end],
+        ).float()
 
     def with_vertex_dtype(self, dtype: torch.dtype) -> PermutohedralLattice:
         """The same lattice storing vertex values in `dtype` between splat and slice.
