@@ -128,7 +128,15 @@ def _smoothness_kernel(
 CHUNK_BYTES = 2**21
 
 
-def _row_chunks(n: int, k: int) -> list[tuple[int, int]]:
+# The lowest exponent of the fast update: exp(-60) = 9e-27 leaves room for the row sum and the
+# splat weights before a product falls below float32's smallest normal number.
+DENORMAL_GUARD = -60.0
+
+
+def _row_chunks(n: int, k: int, device: torch.device) -> list[tuple[int, int]]:
+    """Row ranges of an (N, K) float32 tensor: CHUNK_BYTES each on the CPU, one on a GPU."""
+    if device.type != "cpu":
+        return [(0, n)]
     rows = max(1024, CHUNK_BYTES // (4 * k))
     return [(start, min(n, start + rows)) for start in range(0, n, rows)]
 
@@ -137,27 +145,30 @@ def _unary_rows(scores: Tensor, logits: bool) -> Tensor:
     """(K, N) scores of one image -> (N, K) float32 unary costs, each row's minimum 0."""
     k, n = scores.shape
     unary = torch.empty(n, k, device=scores.device)
-    for start, end in _row_chunks(n, k):
+    for start, end in _row_chunks(n, k, scores.device):
         rows = unary_from_scores(scores[:, start:end].T, logits)
         unary[start:end] = rows.sub_(rows.amin(1, keepdim=True))
     return unary
 
 
-def _update(message: Tensor, unary: Tensor, compatibility: Tensor | None) -> Tensor:
-    """Q rows = softmax(-unary - mu(message)), in place in `message` where possible."""
+def _update(message: Tensor, unary: Tensor, compatibility: Tensor | None, out: Tensor) -> None:
+    """out = softmax(-unary - mu(message)) for rows (R, K); `message` is overwritten."""
     if compatibility is not None:
-        return torch.softmax(-unary - message @ compatibility, dim=1)
+        out.copy_(torch.softmax(-unary - message @ compatibility, dim=1))
+        return
     # Potts: -mu(message) = +message up to a per-pixel constant. The class with unary 0 (each
     # row's smallest cost is subtracted beforehand) has a non-negative exponent, so the sum is
     # at least 1; only an overflow (message > 88) needs the max-subtracted softmax. Without it,
     # a matrix-vector product sums the K exponentials: about twice as fast as torch.softmax
-    # over a short last dimension.
-    negative_energy = message.sub_(unary)
-    q = negative_energy.exp()
-    total = q @ q.new_ones(q.shape[1], 1)
-    if not bool(torch.isfinite(total).all()):
-        return torch.softmax(negative_energy, dim=1)
-    return q.mul_(total.reciprocal_())
+    # over a short last dimension. Clamped below, the exponentials of unlikely labels stay
+    # normal floats: denormals (under 1e-38) slow every later product ~100x on x86.
+    negative_energy = message.sub_(unary).clamp_(min=DENORMAL_GUARD)
+    torch.exp(negative_energy, out=out)
+    total = out @ out.new_ones(out.shape[1], 1)
+    if bool(torch.isfinite(total).all()):
+        out.mul_(total.reciprocal_())
+    else:
+        out.copy_(torch.softmax(negative_energy, dim=1))
 
 
 def mean_field(
@@ -198,7 +209,7 @@ def _iterate(
 ) -> Tensor:
     """mean_field for unary costs whose rows have minimum 0, writing Q into out (N, K)."""
     n, k = unary.shape
-    chunks = _row_chunks(n, k)
+    chunks = _row_chunks(n, k, unary.device)
     q = out if iterations == 0 or not kernels else torch.empty_like(unary)
     for start, end in chunks:
         q[start:end] = torch.softmax(-unary[start:end], dim=1)
@@ -211,7 +222,7 @@ def _iterate(
         target = out if iteration == iterations - 1 else q
         for start, end in chunks:
             message = kernel.slice(vertices, start, end)
-            target[start:end] = _update(message, unary[start:end], compatibility)
+            _update(message, unary[start:end], compatibility, target[start:end])
     return out
 
 
