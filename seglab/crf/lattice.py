@@ -286,13 +286,12 @@ class PermutohedralLattice:
         """The vertex values (M, K) after splatting values (N, K) and blurring."""
         vertices = F.embedding_bag(
             self.splat_point,
-            values.contiguous(),
+            values.to(self.splat_weight.dtype).contiguous(),
             self.splat_offset,
             mode="sum",
             per_sample_weights=self.splat_weight,
         )
-        # The blur and slice run in the dtype of the slice weights (see with_vertex_dtype).
-        vertices = vertices.to(self.slice_weight.dtype)
+        # The whole filter runs in the dtype of its weights (see with_vertex_dtype).
         for bag, bag_weight in self.blur:
             vertices = F.embedding_bag(bag, vertices, mode="sum", per_sample_weights=bag_weight)
         return vertices
@@ -315,6 +314,7 @@ class PermutohedralLattice:
         """
         return replace(
             self,
+            splat_weight=self.splat_weight.to(dtype),
             blur=[(bag, weight.to(dtype)) for bag, weight in self.blur],
             slice_weight=self.slice_weight.to(dtype),
         )
