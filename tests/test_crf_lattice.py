@@ -79,3 +79,24 @@ def test_far_apart_points_do_not_interact():
     out = PermutohedralLattice.build(features).filter(values)
     assert out[:50].min() > 0
     assert out[50:].abs().max() == 0
+
+
+def test_two_step_splat_over_shared_simplices_equals_the_direct_splat(monkeypatch):
+    # A blocky image puts many pixels in each simplex, so the build groups them (the splat
+    # first sums each simplex's points per corner, then each vertex's corners); forcing the
+    # direct splat must give the same filter up to float32 summation order.
+    import seglab.crf.lattice as lattice_module
+
+    g = torch.Generator().manual_seed(0)
+    blocks = (torch.rand(3, 3, 4, generator=g) * 255).repeat_interleave(8, 1)
+    features = pixel_features(blocks.repeat_interleave(8, 2), 80.0, 13.0)
+    values = torch.rand(H * W, 3, generator=torch.Generator().manual_seed(2))
+    grouped = PermutohedralLattice.build(features)
+    assert grouped.splat_merge is not None
+    monkeypatch.setattr(lattice_module, "GROUPING_RATIO", 0.0)
+    direct = PermutohedralLattice.build(features)
+    assert direct.splat_merge is None
+    assert grouped.num_vertices == direct.num_vertices
+    assert torch.allclose(grouped.filter(values), direct.filter(values), rtol=1e-5)
+    stacked = PermutohedralLattice.stack([grouped, direct])
+    assert torch.allclose(stacked.filter(values), 2 * direct.filter(values), rtol=1e-5)

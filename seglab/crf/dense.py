@@ -225,7 +225,7 @@ def _iterate(
     # One lattice whose filter is the sum of the kernels: one splat-blur-slice per iteration.
     kernel = PermutohedralLattice.stack(kernels)
     kernel = replace(kernel, slice_weight=LOG2_E * kernel.slice_weight)  # base-2 messages
-    kernel = kernel.with_vertex_dtype(vertex_dtype)
+    kernel = kernel.with_dtype(vertex_dtype)
     for iteration in range(iterations):
         vertices = kernel.splat_and_blur(q)
         target = out if iteration == iterations - 1 else q
