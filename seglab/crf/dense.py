@@ -147,12 +147,17 @@ def _row_chunks(n: int, k: int, device: torch.device) -> list[tuple[int, int]]:
 
 def _unary_rows(scores: Tensor, logits: bool) -> Tensor:
     """(K, N) scores of one image -> (N, K) float32 unary costs in base 2 (times log2 e),
-    each row's minimum 0."""
+    each row's minimum 0 (unary_from_scores, transposed a cache-sized chunk at a time)."""
     k, n = scores.shape
     unary = torch.empty(n, k, device=scores.device)
     for start, end in _row_chunks(n, k, scores.device):
-        rows = unary_from_scores(scores[:, start:end].T, logits)
-        unary[start:end] = rows.sub_(rows.amin(1, keepdim=True)).mul_(LOG2_E)
+        rows = unary[start:end]
+        rows.copy_(scores[:, start:end].T)
+        if logits:
+            rows.copy_(torch.log_softmax(rows, dim=1))
+        else:
+            rows.clamp_(min=PROBABILITY_FLOOR, max=1.0).log_()
+        rows.sub_(rows.amax(1, keepdim=True)).mul_(-LOG2_E)
     return unary
 
 

@@ -316,14 +316,17 @@ class PermutohedralLattice:
             num_simplices = starts.numel()
             # Corner (r, s) sums the points of simplex s with their weights for vertex r: the
             # groups are simplex-major, so a simplex's points are read d1 times in a row.
-            rank_in_simplex = torch.arange(n, device=device) - starts.repeat_interleave(counts)
-            simplex = simplex_of_point[point_order]
+            count = counts.repeat_interleave(counts)  # of each sorted point's simplex
+            start = starts.repeat_interleave(counts)
+            at = torch.arange(n, device=device) + (d1 - 1) * start  # corner 0's entry
             splat_point = torch.empty(d1 * n, dtype=index_type, device=device)
             splat_weight = torch.empty(d1 * n, device=device)
+            points = point_order.to(index_type)
+            sorted_weight = weight[:, point_order]
             for r in range(d1):
-                at = d1 * starts[simplex] + r * counts[simplex] + rank_in_simplex
-                splat_point[at] = point_order.to(index_type)
-                splat_weight[at] = weight[r, point_order]
+                splat_point[at] = points
+                splat_weight[at] = sorted_weight[r]
+                at += count
             splat_offset = (
                 d1 * starts[:, None] + torch.arange(d1, device=device) * counts[:, None]
             ).view(-1)
