@@ -247,10 +247,12 @@ class PermutohedralLattice:
     point's row d+1 times while it is in the cache; then each vertex sums its corners.
 
     Attributes:
-        splat_point: (N*(d+1),) int, the points, grouped by the vertex (or corner) they
-            splat to.
-        splat_offset: where each vertex's (or corner's) group starts in splat_point.
-        splat_weight: (N*(d+1),) float, their barycentric weights (times any pre-scaling).
+        splat: segments (point, offset, weight) whose gathers are concatenated: point
+            (N*(d+1),) int, the points grouped by the vertex (or corner) they splat to;
+            offset, where each group starts in point; weight (N*(d+1),) float, their
+            barycentric weights (times any pre-scaling). A stacked lattice keeps a segment
+            per kernel when it splats in two steps, since PyTorch splits a gather between
+            threads by groups, not by entries, and the kernels' groups differ in size.
         splat_merge: None for a one-step splat, else (corner (C,) int, offset (M,) int): the
             corners grouped by vertex.
         blur: d+1 pairs (bag (M, 3) int, weight (M, 3) float), one per lattice direction,
@@ -262,9 +264,7 @@ class PermutohedralLattice:
             alpha = 1 / (1 + 2^-d) (times any post-scaling).
     """
 
-    splat_point: Tensor
-    splat_offset: Tensor
-    splat_weight: Tensor
+    splat: list[tuple[Tensor, Tensor, Tensor]]
     splat_merge: tuple[Tensor, Tensor] | None
     blur: list[tuple[Tensor, Tensor]]
     slice_vertex: Tensor
@@ -272,7 +272,9 @@ class PermutohedralLattice:
 
     @property
     def num_vertices(self) -> int:
-        return (self.splat_offset if self.splat_merge is None else self.splat_merge[1]).numel()
+        if self.splat_merge is not None:
+            return self.splat_merge[1].numel()
+        return sum(offset.numel() for _, offset, _ in self.splat)
 
     @classmethod
     def build(cls, features: Tensor) -> PermutohedralLattice:
@@ -337,9 +339,7 @@ class PermutohedralLattice:
 
         alpha = 1.0 / (1.0 + 2.0**-d)
         return cls(
-            splat_point=splat_point,
-            splat_offset=splat_offset.to(index_type),
-            splat_weight=splat_weight,
+            splat=[(splat_point, splat_offset.to(index_type), splat_weight)],
             splat_merge=splat_merge,
             blur=_blur_bags(vertex_codes, codes.stride, index_type),
             slice_vertex=slice_vertex,
@@ -353,7 +353,7 @@ class PermutohedralLattice:
         """
         return replace(
             self,
-            splat_weight=self.splat_weight * before[self.splat_point],
+            splat=[(point, offset, weight * before[point]) for point, offset, weight in self.splat],
             slice_weight=self.slice_weight * after[:, None],
         )
 
@@ -367,10 +367,8 @@ class PermutohedralLattice:
         its simplices at once. Summing the CRF's two kernels this way halves the number of
         gather passes per mean-field iteration.
         """
-        device = lattices[0].splat_point.device
+        device = lattices[0].slice_vertex.device
         vertex_bases = _starts(lattice.num_vertices for lattice in lattices)
-        group_bases = _starts(lattice.splat_offset.numel() for lattice in lattices)
-        entry_bases = _starts(lattice.splat_point.numel() for lattice in lattices)
         blur = []
         for j in range(max(len(lattice.blur) for lattice in lattices)):
             bags, weights = [], []
@@ -385,8 +383,12 @@ class PermutohedralLattice:
                 bags.append(bag + base)
                 weights.append(weight)
             blur.append((torch.cat(bags), torch.cat(weights)))
+        segments = [segment for lattice in lattices for segment in lattice.splat]
         splat_merge = None
         if any(lattice.splat_merge is not None for lattice in lattices):
+            group_bases = _starts(
+                sum(offset.numel() for _, offset, _ in lattice.splat) for lattice in lattices
+            )
             corners, offsets, used = [], [], 0
             for lattice, base in zip(lattices, group_bases, strict=False):
                 if lattice.splat_merge is None:  # each vertex is its own one corner
@@ -398,15 +400,22 @@ class PermutohedralLattice:
                 offsets.append(offset + used)
                 used += corner.numel()
             splat_merge = (torch.cat(corners), torch.cat(offsets))
+        else:  # one gather for all
+            entry_bases = _starts(point.numel() for point, _, _ in segments)
+            segments = [
+                (
+                    torch.cat([point for point, _, _ in segments]),
+                    torch.cat(
+                        [
+                            offset + base
+                            for (_, offset, _), base in zip(segments, entry_bases, strict=False)
+                        ]
+                    ),
+                    torch.cat([weight for _, _, weight in segments]),
+                )
+            ]
         return cls(
-            splat_point=torch.cat([lattice.splat_point for lattice in lattices]),
-            splat_offset=torch.cat(
-                [
-                    lat.splat_offset + start
-                    for lat, start in zip(lattices, entry_bases, strict=False)
-                ]
-            ),
-            splat_weight=torch.cat([lattice.splat_weight for lattice in lattices]),
+            splat=segments,
             splat_merge=splat_merge,
             blur=blur,
             slice_vertex=torch.cat(
@@ -428,13 +437,12 @@ class PermutohedralLattice:
 
         Everything runs in the dtype of the weights (see with_dtype).
         """
-        vertices = F.embedding_bag(
-            self.splat_point,
-            values.to(self.splat_weight.dtype).contiguous(),
-            self.splat_offset,
-            mode="sum",
-            per_sample_weights=self.splat_weight,
-        )
+        values = values.to(self.slice_weight.dtype).contiguous()
+        parts = [
+            F.embedding_bag(point, values, offset, mode="sum", per_sample_weights=weight)
+            for point, offset, weight in self.splat
+        ]
+        vertices = parts[0] if len(parts) == 1 else torch.cat(parts)
         if self.splat_merge is not None:
             corner, offset = self.splat_merge
             vertices = F.embedding_bag(corner, vertices, offset, mode="sum")
@@ -460,7 +468,7 @@ class PermutohedralLattice:
         """
         return replace(
             self,
-            splat_weight=self.splat_weight.to(dtype),
+            splat=[(point, offset, weight.to(dtype)) for point, offset, weight in self.splat],
             blur=[(bag, weight.to(dtype)) for bag, weight in self.blur],
             slice_weight=self.slice_weight.to(dtype),
         )
