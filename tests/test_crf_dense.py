@@ -168,7 +168,9 @@ def test_one_message_equals_pydensecrf_message():
     crf.addPairwiseBilateral(sxy=7, srgb=13, rgbim=rgb, compat=5.0)
     reference = np.array(crf.inference(1)).reshape(k, h, w)
     params = {"w1": 5, "w2": 0, "theta_alpha": 7, "theta_beta": 13}
-    q = dense_crf(probabilities[None], image[None], iterations=1, **params)[0].numpy()
+    q = dense_crf(
+        probabilities[None], image[None], iterations=1, vertex_dtype=torch.float32, **params
+    )[0].numpy()
     close = np.abs(q - reference).max(0) < 1e-5
     # Observed: all but 8 of 4800 pixels within 2e-6. A point on a simplex boundary can round
     # into the neighbouring simplex in one float32 order and not the other, which moves its
@@ -199,10 +201,36 @@ def test_grid_search_ranks_a_colour_aware_kernel_above_a_colour_blind_one():
 
 def test_half_precision_vertices_keep_the_labels():
     image, _, probabilities = _scene(60, 80, 5, 2.0, seed=12)
-    full = dense_crf(probabilities[None], image[None], preset="pydensecrf")
+    full = dense_crf(
+        probabilities[None], image[None], preset="pydensecrf", vertex_dtype=torch.float32
+    )
     half = dense_crf(
         probabilities[None], image[None], preset="pydensecrf", vertex_dtype=torch.float16
     )
     assert half.dtype == torch.float32
     assert (full.argmax(1) == half.argmax(1)).float().mean() > 0.999
     assert (full - half).abs().max() < 0.05
+
+
+def test_default_precision_is_float16_only_for_a_lattice_larger_than_half_the_pixels():
+    g = torch.Generator().manual_seed(13)
+    probabilities = torch.softmax(torch.randn(1, 4, 40, 50, generator=g), 1)
+    noise = torch.randint(0, 256, (1, 3, 40, 50), generator=g, dtype=torch.uint8)
+    flat = torch.full((1, 3, 40, 50), 128, dtype=torch.uint8)
+    for image, chosen in ((noise, torch.float16), (flat, torch.float32)):
+        auto = dense_crf(probabilities, image, preset="pydensecrf")
+        explicit = dense_crf(probabilities, image, preset="pydensecrf", vertex_dtype=chosen)
+        other = torch.float32 if chosen == torch.float16 else torch.float16
+        assert torch.equal(auto, explicit)
+        assert not torch.equal(
+            auto, dense_crf(probabilities, image, preset="pydensecrf", vertex_dtype=other)
+        )
+
+
+def test_output_is_channels_last_marginals():
+    g = torch.Generator().manual_seed(14)
+    probabilities = torch.softmax(torch.randn(2, 3, 9, 11, generator=g), 1)
+    q = dense_crf(probabilities, torch.zeros(2, 3, 9, 11))
+    assert q.shape == (2, 3, 9, 11)
+    assert q.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(q.sum(1), torch.ones(2, 9, 11), atol=1e-5)
