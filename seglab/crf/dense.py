@@ -150,19 +150,28 @@ def _row_chunks(n: int, k: int, device: torch.device) -> list[tuple[int, int]]:
     return [(start, min(n, start + rows)) for start in range(0, n, rows)]
 
 
-def _unary_rows(scores: Tensor, logits: bool) -> Tensor:
+def _unary_rows(scores: Tensor, logits: bool, start_q: Tensor) -> Tensor:
     """(K, N) scores of one image -> (N, K) float32 unary costs in base 2 (times log2 e),
-    each row's minimum 0 (unary_from_scores, transposed a cache-sized chunk at a time)."""
+    each row's minimum 0; writes the CRF's starting Q = softmax(-unary) into start_q (N, K).
+
+    Row by row this is unary_from_scores shifted: -log2(p / max p) for probabilities (clipped
+    at PROBABILITY_FLOOR), (max l - l) log2 e for logits. Each cache-sized chunk is transposed
+    into the rows first, and the row maxima are taken on the (K, N) layout, where they are
+    elementwise maxima of whole rows rather than reductions over K values.
+    """
     k, n = scores.shape
     unary = torch.empty(n, k, device=scores.device)
     for start, end in _row_chunks(n, k, scores.device):
-        rows = unary[start:end]
-        rows.copy_(scores[:, start:end].T)
+        rows, columns = unary[start:end], scores[:, start:end]
+        rows.copy_(columns.T)
         if logits:
-            rows.copy_(torch.log_softmax(rows, dim=1))
+            rows.sub_(columns.amax(0)[:, None].float()).mul_(-LOG2_E)
+            _update(torch.zeros_like(rows), rows, None, start_q[start:end])
         else:
-            rows.clamp_(min=PROBABILITY_FLOOR, max=1.0).log_()
-        rows.sub_(rows.amax(1, keepdim=True)).mul_(-LOG2_E)
+            highest = columns.amax(0)[:, None].float().clamp_(PROBABILITY_FLOOR, 1.0)
+            rows.clamp_(PROBABILITY_FLOOR, 1.0).div_(highest)
+            torch.div(rows, rows.sum(1, keepdim=True), out=start_q[start:end])
+            rows.log2_().neg_()
     return unary
 
 
@@ -200,46 +209,57 @@ def mean_field(
     kernels: filters with their weight and normalisation folded in (their sum is the message).
     compatibility: (K, K) cost mu(l, l'), or None for Potts.
     vertex_dtype: precision of the lattice passes (see dense_crf; None picks).
-    out: where to write the final Q; any (N, K) view (dense_crf passes a transposed one).
+    out: where to write the final Q; any (N, K) view.
 
     The lattice is splatted and blurred whole; the slice and the update then run over chunks
     of rows, so Q is the only (N, K) tensor written per iteration.
     """
-    return _iterate(
-        (unary - unary.amin(1, keepdim=True)) * LOG2_E,  # the same Q; see _update
-        kernels,
-        iterations,
-        compatibility,
-        vertex_dtype,
-        torch.empty_like(unary) if out is None else out,
-    )
+    n, k = unary.shape
+    out = torch.empty_like(unary) if out is None else out
+    kernel = _message_kernel(kernels, n, vertex_dtype)
+    q = out if kernel is None or iterations == 0 else _empty_q(kernel, n, k)
+    unary = (unary - unary.amin(1, keepdim=True)) * LOG2_E  # the same Q; see _update
+    for start, end in _row_chunks(n, k, unary.device):
+        _update(torch.zeros_like(unary[start:end]), unary[start:end], None, q[start:end])
+    return _iterate(unary, kernel, iterations, compatibility, q, out)
+
+
+def _message_kernel(
+    kernels: list[PermutohedralLattice], n: int, vertex_dtype: torch.dtype | None
+) -> PermutohedralLattice | None:
+    """The kernels stacked into one lattice (one splat-blur-slice per iteration) giving
+    base-2 messages, in the precision of vertex_dtype (None: see HALF_PRECISION_RATIO)."""
+    if not kernels:
+        return None
+    kernel = PermutohedralLattice.stack(kernels)
+    kernel = replace(kernel, slice_weight=LOG2_E * kernel.slice_weight)
+    if vertex_dtype is None:
+        large = kernel.num_vertices > HALF_PRECISION_RATIO * n
+        vertex_dtype = torch.float16 if large else torch.float32
+    return kernel.with_dtype(vertex_dtype)
+
+
+def _empty_q(kernel: PermutohedralLattice, n: int, k: int) -> Tensor:
+    """Storage for Q between updates, in the precision the kernel's splat reads."""
+    weight = kernel.slice_weight
+    return torch.empty(n, k, dtype=weight.dtype, device=weight.device)
 
 
 def _iterate(
     unary: Tensor,
-    kernels: list[PermutohedralLattice],
+    kernel: PermutohedralLattice | None,
     iterations: int,
     compatibility: Tensor | None,
-    vertex_dtype: torch.dtype | None,
+    q: Tensor,
     out: Tensor,
 ) -> Tensor:
-    """mean_field for base-2 unary costs whose rows have minimum 0, writing Q into out (N, K)."""
-    n, k = unary.shape
-    chunks = _row_chunks(n, k, unary.device)
-    if not kernels or iterations == 0:
-        for start, end in chunks:
-            _update(torch.zeros_like(unary[start:end]), unary[start:end], None, out[start:end])
+    """Mean field from the starting Q in q (which may be out itself), for base-2 unary costs
+    whose rows have minimum 0; the last iteration writes into out (N, K)."""
+    if kernel is None or iterations == 0:
+        if q is not out:
+            out.copy_(q)
         return out
-    # One lattice whose filter is the sum of the kernels: one splat-blur-slice per iteration.
-    kernel = PermutohedralLattice.stack(kernels)
-    kernel = replace(kernel, slice_weight=LOG2_E * kernel.slice_weight)  # base-2 messages
-    if vertex_dtype is None:
-        large = kernel.num_vertices > HALF_PRECISION_RATIO * n
-        vertex_dtype = torch.float16 if large else torch.float32
-    kernel = kernel.with_dtype(vertex_dtype)
-    q = unary.new_empty(n, k, dtype=vertex_dtype)  # Q as the splat reads it
-    for start, end in chunks:
-        _update(torch.zeros_like(unary[start:end]), unary[start:end], None, q[start:end])
+    chunks = _row_chunks(*unary.shape, unary.device)
     for iteration in range(iterations):
         vertices = kernel.splat_and_blur(q)
         target = out if iteration == iterations - 1 else q
@@ -300,8 +320,10 @@ def dense_crf(
         if params.w2 > 0:
             smoothness = _smoothness_kernel(h, w, float(params.theta_gamma), scores.device)
             kernels.append(replace(smoothness, slice_weight=params.w2 * smoothness.slice_weight))
-        # The lattice gathers want each pixel's classes contiguous: (K, H, W) -> (N, K).
-        unary = _unary_rows(scores[i].reshape(k, h * w), logits)
+        kernel = _message_kernel(kernels, h * w, vertex_dtype)
         target = out[i].permute(1, 2, 0).view(h * w, k)
-        _iterate(unary, kernels, params.iterations, compatibility, vertex_dtype, target)
+        q = target if kernel is None or params.iterations == 0 else _empty_q(kernel, h * w, k)
+        # The lattice gathers want each pixel's classes contiguous: (K, H, W) -> (N, K).
+        unary = _unary_rows(scores[i].reshape(k, h * w), logits, q)
+        _iterate(unary, kernel, params.iterations, compatibility, q, target)
     return out
