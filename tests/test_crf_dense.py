@@ -234,3 +234,14 @@ def test_output_is_channels_last_marginals():
     assert q.shape == (2, 3, 9, 11)
     assert q.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(q.sum(1), torch.ones(2, 9, 11), atol=1e-5)
+
+
+def test_extreme_logits_and_weights_give_finite_normalised_marginals():
+    # Costs far beyond exp's range (the unary is capped; an exponent over 127 falls back to
+    # the max-subtracted softmax) must neither overflow nor turn into NaN.
+    g = torch.Generator().manual_seed(15)
+    logits = 1e4 * torch.randn(1, 4, 20, 24, generator=g)
+    image = torch.randint(0, 256, (1, 3, 20, 24), generator=g, dtype=torch.uint8)
+    q = dense_crf(logits, image, logits=True, preset="pydensecrf", w1=200.0)
+    assert torch.isfinite(q).all()
+    assert torch.allclose(q.sum(1), torch.ones(1, 20, 24), atol=1e-4)

@@ -137,9 +137,12 @@ CHUNK_BYTES = 2**21
 # Energies are kept in base 2 (times log2 e), because torch.exp2 is 2-3x faster than torch.exp
 # on the CPU: the unary and the message weights are scaled once, and Q = 2^-E / sum 2^-E.
 LOG2_E = math.log2(math.e)
-# The lowest exponent of the fast update: 2^-86 = 1e-26 leaves room for the row sum and the
-# splat weights before a product falls below float32's smallest normal number.
-DENORMAL_GUARD = -86.0
+# The largest unary cost kept (base 2): the exponent of the fast update is then at least
+# -UNARY_CAP, so 2^-80 = 8e-25 leaves room for the row sum and the splat weights before a
+# product falls below float32's smallest normal number (denormals slow every later product
+# ~100x on x86). Probabilities clipped at PROBABILITY_FLOOR never reach it (-log2 1e-5 = 16.6);
+# only logits far below their row's maximum are capped, which changes no label.
+UNARY_CAP = 80.0
 
 
 def _row_chunks(n: int, k: int, device: torch.device) -> list[tuple[int, int]]:
@@ -165,7 +168,7 @@ def _unary_rows(scores: Tensor, logits: bool, start_q: Tensor) -> Tensor:
         rows, columns = unary[start:end], scores[:, start:end]
         rows.copy_(columns.T)
         if logits:
-            rows.sub_(columns.amax(0)[:, None].float()).mul_(-LOG2_E)
+            rows.sub_(columns.amax(0)[:, None].float()).mul_(-LOG2_E).clamp_(max=UNARY_CAP)
             _update(torch.zeros_like(rows), rows, None, start_q[start:end])
         else:
             highest = columns.amax(0)[:, None].float().clamp_(PROBABILITY_FLOOR, 1.0)
@@ -185,9 +188,8 @@ def _update(message: Tensor, unary: Tensor, compatibility: Tensor | None, out: T
     # row's smallest cost is subtracted beforehand) has a non-negative exponent, so the sum is
     # at least 1; only an overflow (an exponent over 127) needs the max-subtracted softmax.
     # Without it the update is about twice as fast as torch.softmax over a short last
-    # dimension. Clamped below, the exponentials of unlikely labels stay normal floats:
-    # denormals (under 1e-38) slow every later product ~100x on x86.
-    negative_energy = message.sub_(unary).clamp_(min=DENORMAL_GUARD)
+    # dimension. (The unary is capped at UNARY_CAP, so no exponential is denormal.)
+    negative_energy = message.sub_(unary)
     q = torch.exp2(negative_energy)
     total = q.sum(1, keepdim=True)
     if bool(torch.isfinite(total).all()):
@@ -218,7 +220,8 @@ def mean_field(
     out = torch.empty_like(unary) if out is None else out
     kernel = _message_kernel(kernels, n, vertex_dtype)
     q = out if kernel is None or iterations == 0 else _empty_q(kernel, n, k)
-    unary = (unary - unary.amin(1, keepdim=True)) * LOG2_E  # the same Q; see _update
+    # The same Q (see _update), in base 2 and capped as dense_crf's.
+    unary = ((unary - unary.amin(1, keepdim=True)) * LOG2_E).clamp_(max=UNARY_CAP)
     for start, end in _row_chunks(n, k, unary.device):
         _update(torch.zeros_like(unary[start:end]), unary[start:end], None, q[start:end])
     return _iterate(unary, kernel, iterations, compatibility, q, out)
