@@ -69,22 +69,25 @@ def _elevate(features: Tensor) -> Tensor:
 
 
 def _simplex(elevated: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Enclosing simplex of each elevated point, all (d+1, N) like `elevated`.
+    """Enclosing simplex of each elevated point (d+1, N), which it overwrites.
 
-    Returns rem0 int32, the nearest 0-coloured lattice point; rank int32, each coordinate's
-    position when the residual is sorted in decreasing order; and the barycentric weights of
-    the simplex's d+1 vertices.
+    Returns rem0 (d+1, N) float (whole numbers), the nearest 0-coloured lattice point; rank
+    (d+1, N) int64, each coordinate's position when the residual is sorted in decreasing
+    order; and the barycentric weights (d+1, N) of the simplex's d+1 vertices. Few (d+1, N)
+    temporaries are made: on a large image each fresh one costs page faults.
     """
     d1, n = elevated.shape
     d = d1 - 1
-    rounded = torch.round(elevated * (1.0 / d1))
-    rem0 = rounded * d1
-    residual = elevated - rem0
+    rem0 = torch.round(elevated * (1.0 / d1))
+    # Each rank starts at the excess sum(rem0) / d1, a small number (int8 keeps the counting
+    # below cheap).
+    rank = rem0.sum(0).to(torch.int8).expand(d1, n).contiguous()
+    rem0 *= d1
+    residual = elevated.sub_(rem0)
 
     # rank[i] = #{j : residual[j] > residual[i]} + #{j < i : residual[j] == residual[i]}
     # (densecrf's tie-break), counted pairwise: d(d+1)/2 comparisons of whole coordinates are
     # much faster than sorting N rows of d+1 values.
-    rank = rounded.sum(0).to(torch.int32).expand(d1, n).contiguous()
     for i in range(d1):
         for j in range(i + 1, d1):
             j_first = residual[i] < residual[j]
@@ -92,19 +95,22 @@ def _simplex(elevated: Tensor) -> tuple[Tensor, Tensor, Tensor]:
             rank[j] += ~j_first
 
     # A point off the plane (rank outside 0..d) is brought back by wrapping ranks around.
-    rem0 = rem0.to(torch.int32)
-    wrap = (rank < 0).to(torch.int32) - (rank > d).to(torch.int32)
-    rank += d1 * wrap
-    rem0 += d1 * wrap
+    for i in range(d1):
+        wrap = (rank[i] < 0).to(torch.int8) - (rank[i] > d).to(torch.int8)
+        rank[i] += d1 * wrap
+        rem0[i] += d1 * wrap
+        residual[i] -= d1 * wrap
+    rank = rank.long()
 
-    # Barycentric coordinates (Adams et al., p. 10): d+2 slots, the last folds onto the first.
-    value = (elevated - rem0) * (1.0 / d1)
-    slot = d - rank.long()
-    bary = torch.zeros(d + 2, n, device=elevated.device, dtype=elevated.dtype)
-    bary.scatter_add_(0, slot, value)
-    bary.scatter_add_(0, slot + 1, -value)
-    bary[0] += 1.0 + bary[d + 1]
-    return rem0, rank, bary[:d1]
+    # Barycentric coordinates (Adams et al., p. 10): with value = residual / d1 and by_rank[q]
+    # the value of the coordinate whose rank is q, vertex s > 0 weighs by_rank[d - s] -
+    # by_rank[d + 1 - s] and vertex 0 weighs 1 + by_rank[d] - by_rank[0].
+    by_rank = torch.empty_like(residual).scatter_(0, rank, residual.mul_(1.0 / d1))
+    bary = residual  # reused: the values are in by_rank now
+    torch.sub(by_rank[d], by_rank[0], out=bary[0]).add_(1.0)
+    for s in range(1, d1):
+        torch.sub(by_rank[d - s], by_rank[d + 1 - s], out=bary[s])
+    return rem0, rank, bary
 
 
 class _VertexCodes:
@@ -119,8 +125,8 @@ class _VertexCodes:
     def __init__(self, rem0: Tensor, d1: int):
         d = d1 - 1
         self.d1 = d1
-        self.low = (rem0[:d].amin(1) - 2 * d1).tolist()
-        high = rem0[:d].amax(1).tolist()
+        self.low = [int(low) - 2 * d1 for low in rem0[:d].amin(1).tolist()]
+        high = [int(high) for high in rem0[:d].amax(1).tolist()]
         span = [h - lo + 2 * d1 + 1 for h, lo in zip(high, self.low, strict=True)]
         if math.prod(span) >= 2**62:
             raise ValueError("features span too large a lattice; scale them down")
@@ -148,7 +154,7 @@ class _VertexCodes:
         d1, s = rank.shape
         stride = torch.tensor(self.stride, dtype=self.dtype, device=base.device)
         by_rank = torch.zeros(d1, s, dtype=self.dtype, device=base.device).scatter_(
-            0, rank.long(), stride[:, None].expand(d1, s)
+            0, rank, stride[:, None].expand(d1, s)
         )
         codes = torch.empty(d1, s, dtype=self.dtype, device=base.device)
         codes[0] = base
@@ -173,7 +179,7 @@ def _group_simplices(
         return None
     key = base.long() * radix
     for c in range(d1):
-        key += rank[c].long() * d1**c
+        key += rank[c] * d1**c
     sorted_key, point_order = torch.sort(key, stable=True)
     _, simplex_of_sorted, counts = torch.unique_consecutive(
         sorted_key, return_inverse=True, return_counts=True
