@@ -73,8 +73,9 @@ def _simplex(elevated: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
     Returns rem0 (d+1, N) float (whole numbers), the nearest 0-coloured lattice point; rank
     (d+1, N) int64, each coordinate's position when the residual is sorted in decreasing
-    order; and the barycentric weights (d+1, N) of the simplex's d+1 vertices. Few (d+1, N)
-    temporaries are made: on a large image each fresh one costs page faults.
+    order; and the barycentric weights (N, d+1) of the simplex's d+1 vertices, point-major
+    as the slice reads them. Few (d+1, N) temporaries are made: on a large image each fresh
+    one costs page faults.
     """
     d1, n = elevated.shape
     d = d1 - 1
@@ -106,10 +107,10 @@ def _simplex(elevated: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     # the value of the coordinate whose rank is q, vertex s > 0 weighs by_rank[d - s] -
     # by_rank[d + 1 - s] and vertex 0 weighs 1 + by_rank[d] - by_rank[0].
     by_rank = torch.empty_like(residual).scatter_(0, rank, residual.mul_(1.0 / d1))
-    bary = residual  # reused: the values are in by_rank now
-    torch.sub(by_rank[d], by_rank[0], out=bary[0]).add_(1.0)
+    bary = torch.empty(n, d1, device=elevated.device, dtype=elevated.dtype)
+    torch.sub(by_rank[d], by_rank[0], out=bary[:, 0]).add_(1.0)
     for s in range(1, d1):
-        torch.sub(by_rank[d - s], by_rank[d + 1 - s], out=bary[s])
+        torch.sub(by_rank[d - s], by_rank[d + 1 - s], out=bary[:, s])
     return rem0, rank, bary
 
 
@@ -315,26 +316,25 @@ class PermutohedralLattice:
         vertex_offset = _offsets(per_vertex, index_type)
 
         if simplices is None:
-            splat_point = (by_vertex % n).to(index_type)
+            point = by_vertex % n  # corner r of point p is entry r * N + p
+            splat_point = point.to(index_type)
             splat_offset = vertex_offset
-            splat_weight = weight.view(-1)[by_vertex]
+            splat_weight = weight.view(-1)[point.mul_(d1).add_(by_vertex // n)]
             splat_merge = None
             slice_vertex = corner_vertex.view(d1, n).T.contiguous()
         else:
             num_simplices = starts.numel()
             # Corner (r, s) sums the points of simplex s with their weights for vertex r: the
             # groups are simplex-major, so a simplex's points are read d1 times in a row.
-            count = counts.repeat_interleave(counts)  # of each sorted point's simplex
-            start = starts.repeat_interleave(counts)
-            at = torch.arange(n, device=device) + (d1 - 1) * start  # corner 0's entry
+            # Sorted point t of simplex s, corner r goes to entry d1 start + r count + (t - start).
+            count = counts.repeat_interleave(counts)[:, None]
+            at = (torch.arange(n, device=device) + (d1 - 1) * starts.repeat_interleave(counts))[
+                :, None
+            ] + torch.arange(d1, device=device) * count
             splat_point = torch.empty(d1 * n, dtype=index_type, device=device)
             splat_weight = torch.empty(d1 * n, device=device)
-            points = point_order.to(index_type)
-            sorted_weight = weight[:, point_order]
-            for r in range(d1):
-                splat_point[at] = points
-                splat_weight[at] = sorted_weight[r]
-                at += count
+            splat_point[at.view(-1)] = point_order.to(index_type)[:, None].expand(n, d1).reshape(-1)
+            splat_weight[at.view(-1)] = weight.index_select(0, point_order).view(-1)
             splat_offset = (
                 d1 * starts[:, None] + torch.arange(d1, device=device) * counts[:, None]
             ).view(-1)
@@ -349,7 +349,7 @@ class PermutohedralLattice:
             splat_merge=splat_merge,
             blur=_blur_bags(vertex_codes, codes.stride, index_type),
             slice_vertex=slice_vertex,
-            slice_weight=(alpha * weight).T.contiguous(),
+            slice_weight=weight.mul_(alpha),
         )
 
     def scaled(self, before: Tensor, after: Tensor) -> PermutohedralLattice:
