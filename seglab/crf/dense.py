@@ -21,7 +21,10 @@ MatrixCompatibility has the same sign) and is symmetrised, since only its symmet
 the energy. The weights and normalisations are folded into the lattice's gather weights once per
 image, the two kernels' lattices are stacked into one so that an iteration is a single
 splat-blur-slice pass and a softmax, and the smoothness kernel (positions only) is cached per
-image size.
+image size. Energies are kept in base 2 (exp2 is much faster than exp on the CPU); the slice
+and the update run a cache-sized chunk of pixels at a time, so the only (N, K) tensors are the
+unary, Q and the output; and the lattice passes run in float16 where the lattice is large
+(dense_crf's vertex_dtype).
 """
 
 from __future__ import annotations

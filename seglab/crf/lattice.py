@@ -25,6 +25,10 @@ the Gaussian.
 Where seglab differs: the vertex hash table is replaced by one sort of integer vertex codes
 and neighbour look-ups by `torch.searchsorted`, and splat, blur and slice are
 `embedding_bag` gathers, so nothing loops over pixels and the same code runs on CPU and CUDA.
+The build works on whole coordinates (d+1 vectors of N values; ranks by pairwise comparison,
+not a per-point sort). Points that share a simplex (an image's flat regions) are grouped: the
+vertex codes are computed once per simplex and the splat takes two steps (see
+PermutohedralLattice).
 """
 
 from __future__ import annotations
