@@ -183,16 +183,20 @@ def _unary_rows(scores: Tensor, logits: bool, start_q: Tensor) -> Tensor:
 
 def _update(message: Tensor, unary: Tensor, compatibility: Tensor | None, out: Tensor) -> None:
     """out = softmax(-unary - mu(message)) for rows (R, K) of base-2 energies, in out's dtype;
-    `message` (float32) is overwritten."""
+    a float32 `message` is overwritten (a float16 one is read once, into float32)."""
     if compatibility is not None:
-        out.copy_(torch.softmax((-unary - message @ compatibility).mul_(math.log(2)), dim=1))
+        message = message.float() @ compatibility
+        out.copy_(torch.softmax((-unary - message).mul_(math.log(2)), dim=1))
         return
     # Potts: -mu(message) = +message up to a per-pixel constant. The class with unary 0 (each
     # row's smallest cost is subtracted beforehand) has a non-negative exponent, so the sum is
     # at least 1; only an overflow (an exponent over 127) needs the max-subtracted softmax.
     # Without it the update is about twice as fast as torch.softmax over a short last
     # dimension. (The unary is capped at UNARY_CAP, so no exponential is denormal.)
-    negative_energy = message.sub_(unary)
+    if message.dtype == torch.float32:
+        negative_energy = message.sub_(unary)
+    else:
+        negative_energy = torch.sub(message, unary)  # float32, as float16 - float32 promotes
     q = torch.exp2(negative_energy)
     total = q.sum(1, keepdim=True)
     if bool(torch.isfinite(total).all()):

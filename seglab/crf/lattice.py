@@ -440,7 +440,7 @@ class PermutohedralLattice:
 
     def filter(self, values: Tensor) -> Tensor:
         """Approximate sum_j exp(-|fi - fj|^2 / 2) values[j] for values (N, K) -> (N, K)."""
-        return self.slice(self.splat_and_blur(values), 0, values.shape[0]).to(values.dtype)
+        return self.slice(self.splat_and_blur(values), 0, len(values)).to(values.dtype)
 
     def splat_and_blur(self, values: Tensor) -> Tensor:
         """The vertex values (M, K) after splatting values (N, K) and blurring.
@@ -461,14 +461,15 @@ class PermutohedralLattice:
         return vertices
 
     def slice(self, vertices: Tensor, start: int, end: int) -> Tensor:
-        """Filtered values (end - start, K) float32 of points start..end from splat_and_blur's
-        vertices: slicing a range at a time keeps the (N, K) output out of memory at once."""
+        """Filtered values (end - start, K) of points start..end from splat_and_blur's
+        vertices, in the lattice's dtype: slicing a range at a time keeps the (N, K) output
+        out of memory at once."""
         return F.embedding_bag(
             self.slice_vertex[start:end],
             vertices,
             mode="sum",
             per_sample_weights=self.slice_weight[start:end],
-        ).float()
+        )
 
     def with_dtype(self, dtype: torch.dtype) -> PermutohedralLattice:
         """The same lattice reading point values and storing vertex values in `dtype`.
