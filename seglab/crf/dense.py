@@ -296,7 +296,8 @@ def dense_crf(
         images: (B, 3, H, W) RGB, uint8 or float in 0..255, on the same device.
         preset: a name in PRESETS or a DenseCRFParams.
         iterations: mean-field iterations (default: the preset's).
-        logits: scores are logits; their log-softmax is the unary, without clipping.
+        logits: scores are logits; their log-softmax is the unary, without the probability
+            floor (a cost over UNARY_CAP bits, ~55 nats above the row's best, is capped).
         compatibility: (K, K) label compatibility cost mu(l, l'); None is Potts [l != l'].
         vertex_dtype: precision of Q as the lattice reads it and of the lattice's vertex
             values. float32 matches pydensecrf number for number; float16 halves the memory
