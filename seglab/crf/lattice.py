@@ -221,22 +221,19 @@ def _blur_bags(
     """
     m = vertex_codes.numel()
     device = vertex_codes.device
-    vertex = torch.arange(m, dtype=index_type, device=device)
-    no_weight = torch.zeros(m + 1, device=device)  # slot m: where misses write
+    vertex = torch.arange(m + 1, dtype=index_type, device=device)  # m: where misses write
+    one = torch.ones(m, device=device)
     blur = []
     for j in range(len(stride)):
         wanted = vertex_codes + (len(stride) * stride[j] - sum(stride))
         found = torch.searchsorted(vertex_codes, wanted, out_int32=index_type == torch.int32)
         found.clamp_(max=m - 1)
         hit = vertex_codes[found] == wanted
-        first = torch.where(hit, found, vertex)
-        target = torch.where(hit, found, m)
-        second = torch.cat([vertex, vertex[-1:]]).index_put_((target,), vertex)
-        second_weight = no_weight.index_put((target,), torch.full_like(no_weight[:m], 0.5))
-        bag = torch.stack([vertex, first, second[:m]], 1)
-        bag_weight = torch.stack(
-            [torch.ones_like(hit, dtype=torch.float), 0.5 * hit, second_weight[:m]], 1
-        )
+        first = torch.where(hit, found, vertex[:m])
+        second = vertex.clone().index_put_((torch.where(hit, found, m),), vertex[:m])[:m]
+        bag = torch.stack([vertex[:m], first, second], 1)
+        # A vertex is never its own neighbour, so a bag entry equal to the vertex is a miss.
+        bag_weight = torch.stack([one, 0.5 * hit, 0.5 * (second != vertex[:m])], 1)
         blur.append((bag, bag_weight))
     return blur
 
