@@ -326,7 +326,7 @@ class Segmenter:
                     probs = self.refine_with_crf(probs, batch)
                 for i, prob in zip(chunk, probs, strict=True):
                     results[i] = (
-                        prob.cpu().numpy()
+                        np.ascontiguousarray(prob.cpu().numpy())  # the CRF's are channels-last
                         if probabilities
                         else prob.argmax(0).to(torch.uint8).cpu().numpy()
                     )

@@ -154,4 +154,5 @@ def test_crf_option_refines_probabilities_and_rejects_unknown_preset(weights, im
         preset="deeplab-largefov",
     )[0].numpy()
     np.testing.assert_allclose(probs, expected, atol=1e-5)
+    assert probs.flags["C_CONTIGUOUS"]  # dense_crf's output is channels-last
     np.testing.assert_array_equal(refined.predict(image), expected.argmax(0))
