@@ -200,8 +200,7 @@ def _group_simplices(
         return None
     simplex_of_point = torch.empty_like(simplex_of_sorted)
     simplex_of_point[point_order] = simplex_of_sorted
-    starts = counts.cumsum(0) - counts
-    return point_order, simplex_of_point, starts, counts
+    return point_order, simplex_of_point, _offsets(counts, counts.dtype), counts
 
 
 def _offsets(counts: Tensor, dtype: torch.dtype) -> Tensor:
