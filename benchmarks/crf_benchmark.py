@@ -25,11 +25,11 @@ import os
 import platform
 import time
 
-import numpy as np
 import torch
 
 from seglab.crf import PRESETS, DenseCRFParams, dense_crf
 from seglab.crf.dense import _smoothness_kernel
+from seglab.crf.reference import pydensecrf_labels
 
 
 def make_case(height: int, width: int, classes: int, image_kind: str, seed: int = 0):
@@ -52,19 +52,6 @@ def make_case(height: int, width: int, classes: int, image_kind: str, seed: int 
     one_hot = torch.nn.functional.one_hot(labels, classes).permute(2, 0, 1).float()
     logits = 2.0 * one_hot + 1.5 * torch.randn(classes, height, width, generator=g)
     return torch.softmax(logits, 0), image
-
-
-def run_pydensecrf(probabilities: torch.Tensor, image: torch.Tensor, p: DenseCRFParams):
-    import pydensecrf.densecrf as dcrf
-
-    k, h, w = probabilities.shape
-    crf = dcrf.DenseCRF2D(w, h, k)
-    unary = -np.log(np.clip(probabilities.numpy(), 1e-5, 1.0)).reshape(k, -1)
-    crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
-    crf.addPairwiseGaussian(sxy=p.theta_gamma, compat=p.w2)
-    rgb = np.ascontiguousarray(image.permute(1, 2, 0).numpy())
-    crf.addPairwiseBilateral(sxy=p.theta_alpha, srgb=p.theta_beta, rgbim=rgb, compat=p.w1)
-    return np.array(crf.inference(p.iterations)).reshape(k, h, w).argmax(0)
 
 
 def run_seglab(probabilities: torch.Tensor, image: torch.Tensor, p: DenseCRFParams):
@@ -109,7 +96,7 @@ def main() -> None:
         f"{'cold' if args.cold else 'warm'} smoothness-kernel cache"
     )
     runners = {
-        "pydensecrf": run_pydensecrf,
+        "pydensecrf": pydensecrf_labels,
         "seglab": run_seglab,
         "seglab float32": run_seglab_float32,
     }

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from seglab.crf import PRESETS, DenseCRFParams, dense_crf, resolve_params
-from seglab.crf.reference import mean_field_bruteforce
+from seglab.crf.reference import mean_field_bruteforce, pydensecrf_labels
 from seglab.errors import SeglabError
 
 
@@ -126,17 +126,8 @@ def test_crf_raises_pixel_accuracy_on_noisy_unary_along_colour_edges():
 
 
 def _pydensecrf_labels(probabilities, image, params):
-    dcrf = pytest.importorskip("pydensecrf.densecrf", reason="pydensecrf2 is not installed")
-    k, h, w = probabilities.shape
-    crf = dcrf.DenseCRF2D(w, h, k)
-    unary = -np.log(np.clip(probabilities.numpy(), 1e-5, 1.0)).reshape(k, -1)
-    crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
-    crf.addPairwiseGaussian(sxy=params.theta_gamma, compat=params.w2)
-    rgb = np.ascontiguousarray(image.permute(1, 2, 0).numpy())
-    crf.addPairwiseBilateral(
-        sxy=params.theta_alpha, srgb=params.theta_beta, rgbim=rgb, compat=params.w1
-    )
-    return np.array(crf.inference(params.iterations)).reshape(k, h, w).argmax(0)
+    pytest.importorskip("pydensecrf.densecrf", reason="pydensecrf2 is not installed")
+    return pydensecrf_labels(probabilities, image, params)
 
 
 def test_labels_agree_with_pydensecrf_on_500x375_with_21_classes():

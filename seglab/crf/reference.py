@@ -3,16 +3,19 @@
 Kraehenbuehl, Koltun, NIPS 2011, eq. (1)-(3) with densecrf's symmetric normalisation. It forms
 the full (N, N) kernel matrices, so it is only for small images: seglab's tests use it as the
 independent reference for the lattice (dense.py) and the windowed convolution (convcrf.py).
+pydensecrf_labels runs Kraehenbuehl's own densecrf (pydensecrf2, an optional test extra) on the
+same inputs, for the agreement tests and the speed benchmark.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from seglab.crf.params import DenseCRFParams
 
-__all__ = ["gaussian_filter_bruteforce", "mean_field_bruteforce"]
+__all__ = ["gaussian_filter_bruteforce", "mean_field_bruteforce", "pydensecrf_labels"]
 
 
 def gaussian_filter_bruteforce(features: Tensor, values: Tensor) -> Tensor:
@@ -55,3 +58,21 @@ def mean_field_bruteforce(
         energy = unary + pairwise @ (1.0 - q)
         q = torch.softmax(-energy, 1)
     return q.T.reshape(-1, h, w).float()
+
+
+def pydensecrf_labels(probabilities: Tensor, image: Tensor, params: DenseCRFParams) -> np.ndarray:
+    """(H, W) labels of pydensecrf's DenseCRF2D for probabilities (K, H, W) and a uint8 image
+    (3, H, W): unary -log p clipped at 1e-5 as seglab's, the smoothness then the appearance
+    kernel with Potts weights w2 and w1. Needs pydensecrf2 installed."""
+    import pydensecrf.densecrf as dcrf
+
+    k, h, w = probabilities.shape
+    crf = dcrf.DenseCRF2D(w, h, k)
+    unary = -np.log(np.clip(probabilities.numpy(), 1e-5, 1.0)).reshape(k, -1)
+    crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
+    crf.addPairwiseGaussian(sxy=params.theta_gamma, compat=params.w2)
+    rgb = np.ascontiguousarray(image.permute(1, 2, 0).numpy())
+    crf.addPairwiseBilateral(
+        sxy=params.theta_alpha, srgb=params.theta_beta, rgbim=rgb, compat=params.w1
+    )
+    return np.array(crf.inference(params.iterations)).reshape(k, h, w).argmax(0)
