@@ -15,7 +15,7 @@ NAMES = sorted(MODELS)
 def test_odd_input_gives_logits_of_input_size_and_backward_works(name):
     info = MODELS[name]
     torch.manual_seed(0)
-    model = create_model(name, num_classes=3, **info.small_options)
+    model = create_model(name, num_classes=3, in_channels=3, **info.small_options)
     x = torch.randn(2, 3, 97, 131)
     model.eval()
     with torch.no_grad():
@@ -44,7 +44,7 @@ def test_paper_configuration_matches_published_parameter_count(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_state_dict_keys_are_semantic(name):
-    model = create_model(name, num_classes=3, **MODELS[name].small_options)
+    model = create_model(name, num_classes=3, in_channels=3, **MODELS[name].small_options)
     for key in model.state_dict():
         first = key.split(".")[0]
         assert not first.isdigit(), f"{key}: top-level Sequential index in a checkpoint key"

@@ -1,17 +1,10 @@
-"""One file per paper; importing this package registers every model."""
+"""One file per paper; importing this package imports every module in it, which registers
+every model (a file cannot be left out by forgetting a line here)."""
 
-from seglab.models import (  # noqa: F401
-    context,
-    deeplab_v1,
-    deeplab_v2,
-    deeplab_v3,
-    fcn,
-    fcn_resnet,
-    pspnet,
-    refinenet,
-    segnet,
-    unet,
-)
+import importlib
+import pkgutil
+
+from seglab.models.base import SegmentationModel, main_logits, unwrap
 from seglab.models.registry import (
     MODELS,
     ModelInfo,
@@ -20,14 +13,22 @@ from seglab.models.registry import (
     list_models,
     model_info,
     register_model,
+    register_variant,
 )
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
     "MODELS",
     "ModelInfo",
+    "SegmentationModel",
     "count_parameters",
     "create_model",
     "list_models",
+    "main_logits",
     "model_info",
     "register_model",
+    "register_variant",
+    "unwrap",
 ]

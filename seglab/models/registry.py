@@ -1,7 +1,13 @@
-"""Model names -> builder functions, with the facts the contract tests check.
+"""Model names -> registered classes, with the facts the contract tests check.
 
-A plain dict filled by a decorator at import time: `create_model("fcn8s", num_classes=21)`
-calls the builder, and the builder's signature is the documentation of its options.
+    @register_model("fcn32s", "FCN-32s on VGG16 (Long et al. 2015)", paper_params=134_346_581)
+    class FCN(SegmentationModel): ...
+
+    register_variant("fcn8s", "fcn32s", "FCN-8s on VGG16", stride=8, paper_params=134_362_751)
+
+`create_model("fcn8s", num_classes=21)` builds FCN(num_classes=21, stride=8). The class
+signature is the documentation of every option and its default; a variant states only what
+it changes (its `defaults`), as timm's entry points do.
 """
 
 from __future__ import annotations
@@ -15,11 +21,16 @@ from torch import nn
 
 from seglab.errors import SeglabError
 
+FIXED_ARGUMENTS = ("num_classes", "in_channels")
+"""Constructor arguments the registry passes itself: the dataset decides them, not options."""
+
 
 @dataclass(frozen=True)
 class ModelInfo:
     """What the registry knows about one model name.
 
+    cls: the registered class (a SegmentationModel).
+    defaults: options this entry sets on top of the class defaults (a variant's differences).
     paper_options: the paper's configuration (e.g. num_classes=21), used for `paper_params`.
     paper_params: learnable parameters of that configuration per shared/MODELS.md (or the
         reference implementation where the paper gives none); None if unknown.
@@ -27,14 +38,49 @@ class ModelInfo:
     """
 
     name: str
-    builder: Callable[..., nn.Module]
+    cls: type[nn.Module]
     summary: str
+    defaults: dict[str, Any] = field(default_factory=dict)
     paper_options: dict[str, Any] = field(default_factory=dict)
     paper_params: int | None = None
     small_options: dict[str, Any] = field(default_factory=dict)
 
+    def options(self) -> dict[str, Any]:
+        """Every option of this entry with its default: the class signature, the entry's
+        defaults applied, num_classes and in_channels left out. Required options map to
+        inspect.Parameter.empty."""
+        parameters = inspect.signature(_constructor(self.cls)).parameters
+        options = {
+            name: p.default
+            for name, p in parameters.items()
+            if name != "self"
+            and name not in FIXED_ARGUMENTS
+            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        }
+        return {**options, **self.defaults}
+
+    def in_channels_default(self) -> int:
+        parameter = inspect.signature(_constructor(self.cls)).parameters.get("in_channels")
+        default = parameter.default if parameter is not None else 3
+        return default if isinstance(default, int) else 3
+
+
+def _constructor(cls):
+    # TRANSITION: builder functions are still accepted until every model file registers its
+    # class; then this returns cls.__init__ only.
+    return cls.__init__ if isinstance(cls, type) else cls
+
 
 MODELS: dict[str, ModelInfo] = {}
+
+
+def _add(info: ModelInfo) -> None:
+    if info.name in MODELS:
+        raise ValueError(f"model {info.name!r} is registered twice")
+    unknown = set(info.defaults) - set(ModelInfo(info.name, info.cls, "").options())
+    if unknown:
+        raise TypeError(f"model {info.name!r}: {info.cls.__name__} has no option {sorted(unknown)}")
+    MODELS[info.name] = info
 
 
 def register_model(
@@ -43,23 +89,52 @@ def register_model(
     paper_options: dict[str, Any] | None = None,
     paper_params: int | None = None,
     small_options: dict[str, Any] | None = None,
-) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: register a builder `f(num_classes, in_channels=3, **options) -> nn.Module`."""
+    **defaults: Any,
+) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator: register `cls` as `name`; `defaults` override its signature's."""
 
-    def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in MODELS:
-            raise ValueError(f"model {name!r} is registered twice")
-        MODELS[name] = ModelInfo(
-            name,
-            builder,
-            summary,
-            dict(paper_options or {}),
-            paper_params,
-            dict(small_options or {}),
+    def decorate(cls: type[nn.Module]) -> type[nn.Module]:
+        _add(
+            ModelInfo(
+                name,
+                cls,
+                summary,
+                dict(defaults),
+                dict(paper_options or {}),
+                paper_params,
+                dict(small_options or {}),
+            )
         )
-        return builder
+        return cls
 
     return decorate
+
+
+def register_variant(
+    name: str,
+    of: str,
+    summary: str,
+    *,
+    paper_options: dict[str, Any] | None = None,
+    paper_params: int | None = None,
+    small_options: dict[str, Any] | None = None,
+    **defaults: Any,
+) -> None:
+    """Register `name` as the entry `of` with other defaults (a paper configuration).
+
+    paper_options and small_options are inherited from `of` unless given."""
+    base = MODELS[of]
+    _add(
+        ModelInfo(
+            name,
+            base.cls,
+            summary,
+            {**base.defaults, **defaults},
+            dict(base.paper_options if paper_options is None else paper_options),
+            paper_params,
+            dict(base.small_options if small_options is None else small_options),
+        )
+    )
 
 
 def list_models() -> list[str]:
@@ -77,26 +152,39 @@ def model_info(name: str) -> ModelInfo:
         ) from None
 
 
-def create_model(name: str, num_classes: int, in_channels: int = 3, **options: Any) -> nn.Module:
+def create_model(
+    name: str, num_classes: int, in_channels: int | None = None, **options: Any
+) -> nn.Module:
     """Build a registered model. Unknown options give a SeglabError naming the accepted ones.
 
-    The returned module carries `seglab_spec` (name, num_classes, in_channels, options): what
-    a weights file records so that it can be rebuilt without the training config.
+    in_channels: None takes the class's default (3 for most models).
+    The returned module carries `seglab_spec` (name, num_classes, in_channels, options, task):
+    what a weights file records so that it can be rebuilt without the training config.
     """
     info = model_info(name)
-    accepted = inspect.signature(info.builder).parameters
+    for fixed in FIXED_ARGUMENTS:
+        if fixed in options:
+            raise SeglabError(
+                f"model {name!r}: {fixed} is not a model option (seglab takes it from the "
+                f"dataset's classes.txt and images); remove model.options.{fixed}"
+            )
+    accepted = info.options()
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        known = [p for p in accepted if p not in ("num_classes", "in_channels")]
         raise SeglabError(
-            f"model {name!r} has no option {unknown[0]!r}; its options: {', '.join(known)}"
+            f"model {name!r} has no option {unknown[0]!r}; its options: {', '.join(accepted)}"
         )
-    model = info.builder(num_classes=num_classes, in_channels=in_channels, **options)
+    if in_channels is None:
+        in_channels = info.in_channels_default()
+    model = info.cls(
+        num_classes=num_classes, in_channels=in_channels, **{**info.defaults, **options}
+    )
     model.seglab_spec = {
         "name": name,
         "num_classes": num_classes,
         "in_channels": in_channels,
         "options": dict(options),
+        "task": getattr(model, "task", "semantic"),
     }
     return model
 

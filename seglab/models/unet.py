@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seglab.models.base import SegmentationModel
 from seglab.models.registry import register_model
 from seglab.nn import ConvBNAct, center_crop, mirror_pad
 
@@ -56,7 +57,14 @@ class UpLevel(nn.Module):
         return self.convs(torch.cat([skip, x], dim=1))
 
 
-class UNet(nn.Module):
+@register_model(
+    "unet",
+    "U-Net (Ronneberger et al. 2015); padding='valid' (paper) or 'same'",
+    paper_options={"num_classes": 2, "in_channels": 1},
+    paper_params=31_030_658,
+    small_options={"width": 8, "depth": 3},
+)
+class UNet(SegmentationModel):
     """U-Net: (B, in_channels, H, W) -> (B, num_classes, H, W) logits for any H, W.
 
     Args:
@@ -82,6 +90,9 @@ class UNet(nn.Module):
             raise ValueError(f"U-Net padding must be 'valid' or 'same', got {padding!r}")
         self.depth = depth
         self.valid = padding == "valid"
+        self.supports_overlap_tile = self.valid
+        if self.valid:
+            self.export_fixed_size = "valid padding: the input's mirror padding depends on its size"
         pad = 0 if self.valid else 1
         channels = [width * 2**level for level in range(depth + 1)]
         self.contracting = nn.ModuleList()
@@ -147,22 +158,3 @@ class UNet(nn.Module):
         margin_w = (tile_w - self.output_size(tile_w)) // 2
         x = mirror_pad(x, margin_h, tile_h - h - margin_h, margin_w, tile_w - w - margin_w)
         return self.forward_tile(x)[..., :h, :w]
-
-
-@register_model(
-    "unet",
-    "U-Net (Ronneberger et al. 2015); padding='valid' (paper) or 'same'",
-    {"num_classes": 2, "in_channels": 1},
-    31_030_658,
-    {"width": 8, "depth": 3},
-)
-def unet(
-    num_classes: int,
-    in_channels: int = 3,
-    width: int = 64,
-    depth: int = 4,
-    padding: str = "valid",
-    batch_norm: bool = False,
-    dropout: float = 0.5,
-) -> UNet:
-    return UNet(num_classes, in_channels, width, depth, padding, batch_norm, dropout)
