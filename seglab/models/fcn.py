@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from seglab.encoders import VGG16
-from seglab.models.registry import register_model
+from seglab.models.base import SegmentationModel
+from seglab.models.registry import register_model, register_variant
 from seglab.nn import BilinearDeconv, ConvBNAct
 
 # The reference models' crop offsets with pad100=True (from the released prototxts).
@@ -34,11 +35,22 @@ def _crop(x: torch.Tensor, offset: int, like: torch.Tensor | tuple[int, int]) ->
     return x[..., offset : offset + h, offset : offset + w]
 
 
-class FCN(nn.Module):
+# Learnable parameters with 21 classes. FCN-8s is MODELS.md's figure; 32s and 16s follow from the
+# same layer table: VGG16 convs 14,714,688 + fc6 102,764,544 + fc7 16,781,312 + score_fr 86,037
+# (+ score_pool4 10,773, + score_pool3 5,397).
+@register_model(
+    "fcn32s",
+    "FCN-32s on VGG16 (Long et al. 2015)",
+    paper_options={"num_classes": 21},
+    paper_params=134_346_581,
+    small_options={"width": 8},
+)
+class FCN(SegmentationModel):
     """FCN-{32,16,8}s: (B, in_channels, H, W) -> (B, num_classes, H, W) logits.
 
     Args:
-        output_stride: 32, 16 or 8 (the number of skips used: 0, 1 or 2).
+        output_stride: 32, 16 or 8 (the number of skips used: 0, 1 or 2); FCN-32s is the
+            plain network, fcn16s and fcn8s are registered as its variants.
         width: channels of VGG16's first stage (64 in the paper); fc6/fc7 get 64 x width.
         pad100: the reference models' padding and crops (see the module docstring).
         dropout: after fc6 and after fc7.
@@ -48,7 +60,7 @@ class FCN(nn.Module):
         self,
         num_classes: int,
         in_channels: int = 3,
-        output_stride: int = 8,
+        output_stride: int = 32,
         width: int = 64,
         pad100: bool = False,
         dropout: float = 0.5,
@@ -99,41 +111,17 @@ class FCN(nn.Module):
         return _crop(self.upscore(score), crops[self.output_stride], size)
 
 
-# Learnable parameters with 21 classes. FCN-8s is MODELS.md's figure; 32s and 16s follow from the
-# same layer table: VGG16 convs 14,714,688 + fc6 102,764,544 + fc7 16,781,312 + score_fr 86,037
-# (+ score_pool4 10,773, + score_pool3 5,397).
-_VOC = {"num_classes": 21}
-_SMALL = {"width": 8}
-
-
-@register_model("fcn32s", "FCN-32s on VGG16 (Long et al. 2015)", _VOC, 134_346_581, _SMALL)
-def fcn32s(
-    num_classes: int,
-    in_channels: int = 3,
-    width: int = 64,
-    pad100: bool = False,
-    dropout: float = 0.5,
-) -> FCN:
-    return FCN(num_classes, in_channels, 32, width, pad100, dropout)
-
-
-@register_model("fcn16s", "FCN-16s on VGG16 (Long et al. 2015)", _VOC, 134_357_354, _SMALL)
-def fcn16s(
-    num_classes: int,
-    in_channels: int = 3,
-    width: int = 64,
-    pad100: bool = False,
-    dropout: float = 0.5,
-) -> FCN:
-    return FCN(num_classes, in_channels, 16, width, pad100, dropout)
-
-
-@register_model("fcn8s", "FCN-8s on VGG16 (Long et al. 2015)", _VOC, 134_362_751, _SMALL)
-def fcn8s(
-    num_classes: int,
-    in_channels: int = 3,
-    width: int = 64,
-    pad100: bool = False,
-    dropout: float = 0.5,
-) -> FCN:
-    return FCN(num_classes, in_channels, 8, width, pad100, dropout)
+register_variant(
+    "fcn16s",
+    "fcn32s",
+    "FCN-16s on VGG16 (Long et al. 2015)",
+    output_stride=16,
+    paper_params=134_357_354,
+)
+register_variant(
+    "fcn8s",
+    "fcn32s",
+    "FCN-8s on VGG16 (Long et al. 2015)",
+    output_stride=8,
+    paper_params=134_362_751,
+)
