@@ -4,7 +4,14 @@ from seglab.models import count_parameters, create_model, list_models
 
 __version__ = "0.1.0"
 
-__all__ = ["Segmenter", "count_parameters", "create_model", "list_models"]
+__all__ = [
+    "Segmenter",
+    "count_parameters",
+    "create_model",
+    "list_models",
+    "load_weights",
+    "save_weights",
+]
 
 
 def __getattr__(name: str):
@@ -13,4 +20,8 @@ def __getattr__(name: str):
         from seglab.inference import Segmenter
 
         return Segmenter
+    if name in ("save_weights", "load_weights"):
+        from seglab import weights
+
+        return getattr(weights, name)
     raise AttributeError(f"module 'seglab' has no attribute {name!r}")

@@ -17,7 +17,6 @@ Conventions, stated once:
 
 from __future__ import annotations
 
-import argparse
 import copy
 import platform
 import resource
@@ -34,14 +33,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from seglab.device import resolve_device
 from seglab.errors import SeglabError
+from seglab.models import main_logits
 from seglab.nn.fold_batchnorm import count_batchnorms, fold_batchnorm, input_channels
+from seglab.onnx_graph import EXPORTERS, LogitsOnly, ort_session, to_onnx
 
 VARIANTS = ("eager", "channels_last", "bn_folded", "compile", "onnxruntime")
 Size = tuple[int, int]
-
-
-def _logits(out: torch.Tensor | dict) -> torch.Tensor:
-    return out["out"] if isinstance(out, dict) else out
 
 
 def count_flops(model: nn.Module, size: Size = (512, 512), batch: int = 1) -> int:
@@ -84,17 +81,13 @@ def model_gflops(name: str, size: Size = (512, 512), **options: Any) -> float:
     return count_flops(model, size) / 1e9
 
 
-# ---------------------------------------------------------------------------- BN folding
 def _onnx_runner(model: nn.Module, inputs: torch.Tensor) -> Callable[[], torch.Tensor]:
     """An onnxruntime session for this exact input shape (fixed shapes: nothing dynamic)."""
-    from seglab.export import _Attempt, _export_bytes, _LogitsOnly, _require_onnx
-
-    _, ort = _require_onnx(check=True)
-    module = _LogitsOnly(model).eval()
+    module = LogitsOnly(model).eval()
     errors = []
-    for exporter in ("torchscript", "dynamo"):
+    for exporter in EXPORTERS:
         try:
-            data = _export_bytes(module, inputs.cpu(), _Attempt(exporter, False, False), 17)
+            graph = to_onnx(module, inputs.cpu(), exporter).SerializeToString()
             break
         except SeglabError:
             raise
@@ -102,13 +95,8 @@ def _onnx_runner(model: nn.Module, inputs: torch.Tensor) -> Callable[[], torch.T
             errors.append(f"{exporter}: {type(error).__name__}")
     else:
         raise RuntimeError(f"ONNX export failed ({'; '.join(errors)})")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()  # the same threads as PyTorch
-    options.log_severity_level = 4
-    providers = ["CPUExecutionProvider"]
-    if inputs.is_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
-    session = ort.InferenceSession(data.SerializeToString(), options, providers=providers)
+    # the same threads as PyTorch, so the comparison is between runtimes, not thread counts
+    session = ort_session(graph, threads=torch.get_num_threads(), cuda=inputs.is_cuda)
     feed = {"image": inputs.cpu().numpy()}
     return lambda: torch.from_numpy(session.run(None, feed)[0])
 
@@ -116,19 +104,19 @@ def _onnx_runner(model: nn.Module, inputs: torch.Tensor) -> Callable[[], torch.T
 def _prepare(variant: str, model: nn.Module, inputs: torch.Tensor):
     """(callable running one forward pass, note) for a variant."""
     if variant == "eager":
-        return lambda: _logits(model(inputs)), ""
+        return lambda: main_logits(model(inputs)), ""
     if variant == "channels_last":
         converted = copy.deepcopy(model).to(memory_format=torch.channels_last)
         x = inputs.contiguous(memory_format=torch.channels_last)
-        return lambda: _logits(converted(x)), ""
+        return lambda: main_logits(converted(x)), ""
     if variant == "bn_folded":
         before = count_batchnorms(model)
         folded = fold_batchnorm(model, inputs[:1])
         after = count_batchnorms(folded)
-        return lambda: _logits(folded(inputs)), f"{before - after} of {before} BN folded"
+        return lambda: main_logits(folded(inputs)), f"{before - after} of {before} BN folded"
     if variant == "compile":
         compiled = torch.compile(copy.deepcopy(model))
-        return lambda: _logits(compiled(inputs)), "first call (compilation) is in warm-up"
+        return lambda: main_logits(compiled(inputs)), "first call (compilation) is in warm-up"
     if variant == "onnxruntime":
         run = _onnx_runner(model, inputs)
         return run, "onnxruntime CPUExecutionProvider, fixed input shape"
@@ -206,7 +194,8 @@ def _time_variant(
 
 
 def _load(model_or_weights: nn.Module | str | Path, options: dict[str, Any] | None) -> nn.Module:
-    """A module, a NAME.safetensors path, or a registered model name (paper configuration)."""
+    """A module, a run directory or weights file, or a registered model name (paper
+    configuration updated by `options`)."""
     if isinstance(model_or_weights, nn.Module):
         return model_or_weights
     text = str(model_or_weights)
@@ -217,11 +206,16 @@ def _load(model_or_weights: nn.Module | str | Path, options: dict[str, Any] | No
         kwargs = {"num_classes": 21, **info.paper_options, "in_channels": 3, **(options or {})}
         return create_model(text, **kwargs)
     if Path(text).suffix in (".safetensors", ".yaml") or Path(text).exists():
-        from seglab.engine.checkpoint import load_weights
+        from seglab.runs import resolve_run
+        from seglab.weights import load_weights
 
-        return load_weights(Path(text).with_suffix(".safetensors"))[0]
+        weights, _ = resolve_run(
+            Path(text).with_suffix(".safetensors") if Path(text).suffix == ".yaml" else text
+        )
+        return load_weights(weights)[0]
     raise SeglabError(
-        f"{text!r} is neither a weights file nor a registered model; see `seglab models`"
+        f"{text!r} is neither a run directory, a weights file nor a registered model; "
+        "see `seglab models`"
     )
 
 
@@ -259,12 +253,12 @@ def benchmark(
     if repeats < 1 or batch < 1:
         raise SeglabError("repeats and batch must be at least 1")
     model = _load(model_or_weights, options).to(device).eval()
-    spec = getattr(model, "seglab_spec", {})
+    spec = getattr(model, "seglab_spec", None)  # a plain nn.Module of the user's has none
     inputs = torch.randn(
         batch, input_channels(model), *size, generator=torch.Generator().manual_seed(0)
     ).to(device)
     report: dict[str, Any] = {
-        "model": f"{spec.get('name', type(model).__name__)} {spec.get('options', {})}".strip(),
+        "model": f"{spec['name']} {spec['options']}" if spec else type(model).__name__,
         "parameters": count_parameters(model),
         "gflops": count_flops(model, size) / 1e9,
         "input": list(inputs.shape),
@@ -318,79 +312,8 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def cmd_benchmark(args: argparse.Namespace) -> None:
-    """`seglab benchmark`: print the table (and write JSON if asked)."""
-    import json
-
-    from seglab.export import parse_size
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    options: dict[str, Any] = {}
-    if args.small:
-        from seglab.models import model_info
-
-        options = dict(model_info(args.model).small_options)
-    for item in args.option or []:
-        import yaml
-
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SeglabError(f"--option {item!r} is not KEY=VALUE, e.g. encoder=mobilenetv2_100")
-        options[key] = yaml.safe_load(value)
-    report = benchmark(
-        args.model,
-        size=parse_size(args.size),
-        batch=args.batch,
-        device=args.device,
-        repeats=args.repeats,
-        warmup=args.warmup,
-        variants=[v.strip() for v in args.variants.split(",") if v.strip()],
-        options=options or None,
-    )
-    print(format_report(report))
-    if args.json:
-        from seglab.engine.checkpoint import write_text_atomically
-
-        write_text_atomically(args.json, json.dumps(report, indent=2))
-        print(f"wrote {args.json}")
-
-
-def add_benchmark_command(subparsers) -> None:
-    """Declare `seglab benchmark MODEL_OR_CHECKPOINT [--size --batch --device --variants]`."""
-    parser = subparsers.add_parser(
-        "benchmark", help="latency, throughput, GFLOPs and memory, with deployment variants"
-    )
-    parser.add_argument(
-        "model", help="NAME.safetensors (with NAME.yaml) or a model name (paper configuration)"
-    )
-    parser.add_argument("--size", default="512x512", help="input HxW (default 512x512)")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument(
-        "--variants",
-        default="eager",
-        help=f"comma-separated, from: {','.join(VARIANTS)} (default eager)",
-    )
-    parser.add_argument("--repeats", type=int, default=20, help="timed passes (default 20)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed passes first (default 3)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    parser.add_argument(
-        "--small", action="store_true", help="a model name in its small test configuration"
-    )
-    parser.add_argument(
-        "--option",
-        action="append",
-        metavar="KEY=VALUE",
-        help="model option for a model name, e.g. --option encoder=mobilenetv2_100 (repeatable)",
-    )
-    parser.add_argument("--json", help="also write the full report to this JSON file")
-    parser.set_defaults(func=cmd_benchmark)
-
-
 __all__ = [
     "VARIANTS",
-    "add_benchmark_command",
     "benchmark",
     "count_flops",
     "fold_batchnorm",

@@ -156,10 +156,10 @@ def evaluate_checkpoint(
     from seglab.data.folder import check_dataset
     from seglab.data.transforms import eval_transform
     from seglab.device import resolve_device
-    from seglab.engine.checkpoint import load_weights
     from seglab.engine.evaluate import evaluate
     from seglab.engine.report import write_report
     from seglab.metrics import ConfusionMatrix
+    from seglab.weights import load_weights
 
     weights, config_path = _resolve_checkpoint(checkpoint)
     cfg = load_config(config_path) if config_path else None
@@ -257,9 +257,9 @@ def cmd_crf_search(args: argparse.Namespace) -> None:
     from seglab.crf.search import grid_search
     from seglab.data import build_dataset
     from seglab.data.transforms import eval_transform
-    from seglab.engine.checkpoint import load_weights
     from seglab.inference import predict_probabilities
     from seglab.metrics import ConfusionMatrix
+    from seglab.weights import load_weights
 
     weights, config_path = _resolve_checkpoint(args.checkpoint)
     cfg = load_config(config_path) if config_path else None
@@ -302,8 +302,8 @@ def cmd_crf_search(args: argparse.Namespace) -> None:
 
 def cmd_convert(args: argparse.Namespace) -> None:
     """A torchvision segmentation checkpoint -> seglab weights (safetensors + YAML)."""
-    from seglab.engine.checkpoint import save_weights
     from seglab.models.torchvision_convert import load_torchvision_checkpoint
+    from seglab.weights import save_weights
 
     model = load_torchvision_checkpoint(args.checkpoint)
     out = Path(args.out)
@@ -351,9 +351,9 @@ def predict_files(
     from PIL import Image
     from tqdm import tqdm
 
+    from seglab.atomic import write_atomically, write_png_atomically
     from seglab.data.folder import read_image, write_mask
     from seglab.data.labels import default_palette
-    from seglab.engine.checkpoint import write_atomically, write_png_atomically
     from seglab.engine.report import overlay
     from seglab.inference import Segmenter
 

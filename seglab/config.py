@@ -29,7 +29,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    format: str = "folder"  # folder (the generic layout; `seglab data shapes` writes one)
+    format: str = "folder"  # see seglab/data/registry.py; folder: the generic layout
     root: str = "data/shapes"
     train_split: str = "train"
     val_split: str = "val"
@@ -207,7 +207,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         _merge(config, data)
     for text in overrides or []:
         _merge(config, parse_override(text))
+    _check_data_format(config, path)
     return config
+
+
+def _check_data_format(config: Config, path: Path | None) -> None:
+    """An unknown data.format is an error at load time, not at the first dataset read."""
+    # seglab.data registers every format as it is imported; importing it here (not at module
+    # top) keeps `seglab.config` light for code that only reads YAML.
+    from seglab.data import DATASETS
+    from seglab.data.registry import unknown_format_message
+
+    if config.data.format not in DATASETS:
+        where = f"{path}: " if path is not None else ""
+        raise SeglabError(where + unknown_format_message(config.data.format))
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:
@@ -215,5 +228,8 @@ def config_to_dict(config: Config) -> dict[str, Any]:
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    """Write the resolved config as YAML (what `seglab train` keeps in the run directory)."""
-    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    """Write the resolved config as YAML (what `seglab train` keeps in the run directory),
+    atomically: a kill leaves the old file or the new one."""
+    from seglab.atomic import write_text_atomically
+
+    write_text_atomically(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))

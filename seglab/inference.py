@@ -296,7 +296,7 @@ class Segmenter:
         inference: InferenceConfig | None = None,
         crf: str | None = None,
     ) -> Segmenter:
-        from seglab.engine.checkpoint import load_weights
+        from seglab.weights import load_weights
 
         model, meta = load_weights(path)
         classes = None

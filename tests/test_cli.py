@@ -70,9 +70,9 @@ def test_user_errors_are_one_line_with_status_2(tmp_path, capsys):
 def test_checkpoint_for_a_different_model_is_refused(tmp_path, capsys):
     import torch
 
-    from seglab.engine.checkpoint import load_weights, save_weights, weights_meta_path
     from seglab.errors import SeglabError
     from seglab.models import create_model
+    from seglab.weights import load_weights, save_weights, weights_meta_path
 
     path = tmp_path / "w.safetensors"
     save_weights(create_model("unet", num_classes=3, width=4, depth=2), path)
@@ -170,8 +170,8 @@ def test_models_table_shows_the_papers_parameter_counts(capsys):
 
 
 def test_damaged_weights_description_is_one_line(tmp_path, capsys):
-    from seglab.engine.checkpoint import save_weights, weights_meta_path
     from seglab.models import create_model
+    from seglab.weights import save_weights, weights_meta_path
 
     path = tmp_path / "w.safetensors"
     save_weights(create_model("unet", num_classes=3, width=4, depth=2), path)

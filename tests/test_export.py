@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from seglab.cli import main
-from seglab.engine.checkpoint import save_weights
 from seglab.errors import SeglabError
 from seglab.export import export_model_onnx, export_onnx
 from seglab.models import MODELS, create_model
+from seglab.weights import save_weights
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

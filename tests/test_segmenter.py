@@ -9,10 +9,10 @@ import yaml
 from PIL import Image
 
 from seglab.config import InferenceConfig
-from seglab.engine.checkpoint import save_weights
 from seglab.errors import SeglabError
 from seglab.inference import Segmenter
 from seglab.models import create_model
+from seglab.weights import save_weights
 
 UNET = {"width": 4, "depth": 2, "padding": "same", "batch_norm": True}
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from seglab.atomic import write_png_atomically, write_text_atomically
 from seglab.data.folder import ClassInfo
 from seglab.data.labels import IGNORE_COLOR, IGNORE_INDEX
-from seglab.engine.checkpoint import write_png_atomically, write_text_atomically
 
 
 def colorize(labels: np.ndarray, colors: Sequence[tuple[int, int, int]]) -> np.ndarray:

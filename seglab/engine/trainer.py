@@ -24,18 +24,12 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from seglab.atomic import write_text_atomically
 from seglab.config import Config, save_config
 from seglab.data import build_dataset
 from seglab.data.folder import FolderDataset, check_dataset
 from seglab.data.transforms import eval_transform, train_transform
-from seglab.engine.checkpoint import (
-    load_resume,
-    load_state_checked,
-    save_resume,
-    save_weights,
-    set_rng_state,
-    write_text_atomically,
-)
+from seglab.engine.checkpoint import load_resume, save_resume, set_rng_state
 from seglab.engine.distributed import World, any_rank, close_world, init_world, mean_over_ranks
 from seglab.engine.evaluate import evaluate
 from seglab.engine.optim import build_optimizer, build_scheduler
@@ -44,6 +38,7 @@ from seglab.errors import SeglabError
 from seglab.losses import SegmentationLoss, dataset_median_frequency_weights
 from seglab.losses_unet import border_weights_from_labels
 from seglab.models import create_model
+from seglab.weights import load_state_checked, save_weights
 
 
 def build_datasets(cfg: Config, check: bool = True) -> tuple[FolderDataset, FolderDataset]:
