@@ -48,12 +48,15 @@ class UpLevel(nn.Module):
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = self.up(x)
-        if x.shape[-2:] != skip.shape[-2:]:
-            if self.valid:
+        if self.valid:
+            if x.shape[-2:] != skip.shape[-2:]:
                 skip = center_crop(skip, *x.shape[-2:])
-            else:  # "same": odd sizes floor in the pool, so pad the upsampled map back
-                dh, dw = skip.shape[-2] - x.shape[-2], skip.shape[-1] - x.shape[-1]
-                x = F.pad(x, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2))
+        else:
+            # "same": odd sizes floor in the pool, so pad the upsampled map back. Always, by
+            # zero when the sizes agree: a shape `if` here would be frozen by ONNX tracing,
+            # while the differences trace as shape ops that hold at every size.
+            dh, dw = skip.shape[-2] - x.shape[-2], skip.shape[-1] - x.shape[-1]
+            x = F.pad(x, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2))
         return self.convs(torch.cat([skip, x], dim=1))
 
 
