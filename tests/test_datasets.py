@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from seglab.data import (
-    DATASET_FORMATS,
+    DATASETS,
     build_dataset,
     check_dataset,
     dataset_splits,
@@ -311,9 +311,10 @@ def test_ade20k_missing_annotations_is_one_line(tmp_path):
 
 # ---------------------------------------------------------------------------- shared
 def test_every_format_is_registered_and_unknown_formats_list_them():
-    assert set(DATASET_FORMATS) >= {"folder", "voc", "cityscapes", "camvid", "ade20k"}
-    with pytest.raises(SeglabError, match="ade20k, camvid, cityscapes, folder, voc"):
+    assert set(DATASETS) >= {"folder", "voc", "cityscapes", "camvid", "ade20k"}
+    with pytest.raises(SeglabError, match="ade20k, camvid, cityscapes, folder, voc") as error:
         build_dataset("coco", ".", "train")
+    assert _one_line(error).startswith("data.format 'coco' is not one of: ")
 
 
 def test_release_datasets_cache_and_seeded_transforms_like_folder(tmp_path):

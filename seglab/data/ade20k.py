@@ -16,6 +16,7 @@ from pathlib import Path
 
 from seglab.data.folder import ClassInfo
 from seglab.data.labels import IGNORE_INDEX, default_palette
+from seglab.data.registry import register_dataset
 from seglab.data.release import ReleaseDataset
 
 # objectInfo150.csv, first name of each row (train id 0 = raw label 1).
@@ -42,6 +43,11 @@ ADE20K_CLASSES = (
 ADE20K_OTHER = 0
 
 
+@register_dataset(
+    "ade20k",
+    "ADE20K SceneParse150 release (ADEChallengeData2016): images/ + annotations/ training, "
+    "validation (150 classes)",
+)
 class ADE20K(ReleaseDataset):
     """ADEChallengeData2016: 150 classes; splits train (20,210) and val (2,000).
 

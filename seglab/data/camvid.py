@@ -15,6 +15,7 @@ from pathlib import Path
 
 from seglab.data.folder import IMAGE_SUFFIXES, ClassInfo
 from seglab.data.labels import IGNORE_INDEX
+from seglab.data.registry import register_dataset
 from seglab.data.release import ReleaseDataset
 
 CAMVID_CLASSES = (
@@ -28,6 +29,10 @@ CAMVID_COLORS = [
 CAMVID_VOID = 11
 
 
+@register_dataset(
+    "camvid",
+    "CamVid as SegNet released it: train/, val/, test/ + *annot/ (11 classes, void ignored)",
+)
 class CamVid(ReleaseDataset):
     """SegNet's CamVid: 11 classes at 360x480, splits train/val/test = 367/101/233."""
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from seglab.data.folder import ClassInfo
 from seglab.data.labels import IGNORE_INDEX
+from seglab.data.registry import register_dataset
 from seglab.data.release import ReleaseDataset
 from seglab.errors import SeglabError
 
@@ -58,6 +59,11 @@ def train_ids_to_label_ids(train_ids: np.ndarray) -> np.ndarray:
     return table[train_ids.astype(np.uint8)]
 
 
+@register_dataset(
+    "cityscapes",
+    "Cityscapes release: leftImg8bit/ + gtFine/ labelIds (the 19 evaluated classes as train "
+    "ids); train, val, test",
+)
 class Cityscapes(ReleaseDataset):
     """Cityscapes gtFine: 19 classes; train 2,975, val 500, test 1,525 (test masks are empty).
 

@@ -23,6 +23,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from seglab.data.labels import IGNORE_COLOR, IGNORE_INDEX, check_label_values, default_palette
+from seglab.data.registry import register_dataset
 from seglab.errors import SeglabError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -121,6 +122,11 @@ def write_mask(
     mask.save(path, format="PNG")
 
 
+@register_dataset(
+    "folder",
+    "the generic layout: ROOT/classes.txt, images/, masks/ (ids as pixels, 255 ignore), "
+    "SPLIT.txt lists (`seglab data shapes` writes one)",
+)
 class FolderDataset(torch.utils.data.Dataset):
     """Images and masks in the folder layout.
 

@@ -14,10 +14,10 @@ from seglab.errors import SeglabError
 def dataset_splits(format: str, root: str | Path) -> list[str]:
     """The splits of the `format` dataset present under `root`; ["all"] for a folder dataset
     without split files."""
-    from seglab.data import DATASET_FORMATS, build_dataset_class
+    from seglab.data.registry import dataset_class
 
-    cls = build_dataset_class(format)
-    if cls is DATASET_FORMATS["folder"] or not hasattr(cls, "available_splits"):
+    cls = dataset_class(format)
+    if cls is FolderDataset or not hasattr(cls, "available_splits"):
         root = Path(root)
         names = [p.stem for p in sorted(root.glob("*.txt")) if p.name != "classes.txt"]
         return names or ["all"]

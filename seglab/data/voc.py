@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from seglab.data.folder import ClassInfo, read_mask, write_mask
 from seglab.data.labels import IGNORE_INDEX, default_palette
+from seglab.data.registry import register_dataset
 from seglab.data.release import ReleaseDataset
 from seglab.errors import SeglabError
 
@@ -50,6 +51,11 @@ def _read_names(path: Path) -> list[str]:
     return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
 
 
+@register_dataset(
+    "voc",
+    "PASCAL VOC 2012 release (VOCdevkit/VOC2012): train, val, trainval; train_aug after "
+    "`seglab data convert sbd`",
+)
 class VOCSegmentation(ReleaseDataset):
     """PASCAL VOC 2012 segmentation: 21 classes (background + 20 objects), 255 = void.
 
