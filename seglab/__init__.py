@@ -1,7 +1,5 @@
 """seglab: classic semantic segmentation models, done faithfully."""
 
-from seglab.models import count_parameters, create_model, list_models
-
 __version__ = "0.1.0"
 
 __all__ = [
@@ -15,7 +13,11 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # Segmenter pulls in inference and I/O; import it only when asked for.
+    # Everything here imports torch: `import seglab` (and `seglab --help`) must not.
+    if name in ("count_parameters", "create_model", "list_models"):
+        from seglab import models
+
+        return getattr(models, name)
     if name == "Segmenter":
         from seglab.inference import Segmenter
 

@@ -98,7 +98,12 @@ def render_scene(
 
 
 def write_shapes_dataset(
-    root: str | Path, train: int = 1000, val: int = 200, size: int = 64, seed: int = 0
+    root: str | Path,
+    train: int = 1000,
+    val: int = 200,
+    size: int = 64,
+    seed: int = 0,
+    progress: bool = True,
 ) -> Path:
     """Write the dataset to `root` (images/, masks/, train.txt, val.txt, classes.txt).
 
@@ -110,7 +115,9 @@ def write_shapes_dataset(
     write_classes_file(root / "classes.txt", SHAPE_CLASSES, SHAPE_COLORS)
     for split_index, (split, count) in enumerate((("train", train), ("val", val))):
         names = []
-        for i in tqdm(range(count), desc=f"shapes {split}", unit="img", leave=False):
+        for i in tqdm(
+            range(count), desc=f"shapes {split}", unit="img", leave=False, disable=not progress
+        ):
             rng = np.random.default_rng([seed, split_index, i])
             image, labels = render_scene(rng, size)
             name = f"{split}_{i:05d}"

@@ -1,0 +1,84 @@
+"""Argument types and option groups shared by several commands.
+
+A malformed value is a SeglabError naming the option and the form it expects, so it reaches
+the user as one line with exit status 2, as every other mistake does.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from seglab.errors import SeglabError
+
+
+def parse_size(text: str, option: str) -> list[int]:
+    """'512x1024' -> [512, 1024] (H, W)."""
+    parts = text.lower().replace(" ", "").split("x")
+    try:
+        size = [int(part) for part in parts]
+    except ValueError:
+        size = []
+    if len(size) != 2 or min(size) < 1:
+        raise SeglabError(f"{option} {text!r}: give a size as HxW in pixels, e.g. 512x512")
+    return size
+
+
+def parse_numbers(text: str, option: str, kind: type = float) -> list:
+    """'0.5,0.75,1' -> [0.5, 0.75, 1.0]; every number must be > 0."""
+    try:
+        values = [kind(part) for part in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) <= 0:
+        example = "0.5,0.75,1" if kind is float else "3,4,5"
+        raise SeglabError(f"{option} {text!r}: give comma-separated numbers > 0, e.g. {example}")
+    return values
+
+
+def crf_presets() -> list[str]:
+    """The dense CRF preset names, from seglab.crf.params.PRESETS."""
+    from seglab.crf.params import PRESETS
+
+    return sorted(PRESETS)
+
+
+def add_inference_options(parser: argparse.ArgumentParser) -> None:
+    """--mode --crop --scales --flip (each overrides only itself on the run's config) and --crf."""
+    from seglab.runs import INFERENCE_MODES
+
+    group = parser.add_argument_group(
+        "inference", "each option replaces only that setting of the run's inference section"
+    )
+    group.add_argument("--mode", choices=INFERENCE_MODES, help="inference mode")
+    group.add_argument(
+        "--crop", help="window (slide) or tile (overlap_tile) size HxW, e.g. 512x512"
+    )
+    group.add_argument("--scales", help="comma-separated test scales, e.g. 0.5,0.75,1,1.25,1.5")
+    group.add_argument(
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average horizontal flips (--no-flip: do not, whatever the run's config says)",
+    )
+    presets = crf_presets()
+    group.add_argument(
+        "--crf",
+        metavar="PRESET",
+        choices=presets,
+        help=f"dense CRF post-processing: {', '.join(presets)}",
+    )
+
+
+def inference_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The inference settings given on the command line, for seglab.runs.run_inference."""
+    overrides: dict[str, Any] = {}
+    if args.mode is not None:
+        overrides["mode"] = args.mode
+    if args.crop is not None:
+        overrides["crop_size"] = parse_size(args.crop, "--crop")
+    if args.scales is not None:
+        overrides["scales"] = parse_numbers(args.scales, "--scales")
+    if args.flip is not None:
+        overrides["flip"] = args.flip
+    return overrides

@@ -1,0 +1,88 @@
+"""`seglab train` and `seglab demo`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from seglab.errors import SeglabError
+
+DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo_shapes.yaml"
+
+
+def run_train(args: argparse.Namespace) -> None:
+    from seglab.config import load_config
+    from seglab.engine.trainer import train
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = train(cfg, resume=args.resume, progress=not args.quiet)
+    print(f"run written to {run_dir} (best.safetensors, final.safetensors, metrics.jsonl)")
+
+
+def run_demo(args: argparse.Namespace) -> None:
+    import shutil
+    import time
+
+    from seglab.config import load_config
+    from seglab.data.shapes import write_shapes_dataset
+    from seglab.engine.evaluate_run import evaluate_checkpoint
+    from seglab.engine.trainer import train
+    from seglab.predict import predict_files
+
+    start = time.perf_counter()
+    if not DEMO_CONFIG.is_file():
+        raise SeglabError(f"{DEMO_CONFIG} is missing; run the demo from a seglab checkout")
+    overrides = [f"data.root={args.data}", f"run_dir={args.out}"] + args.overrides
+    cfg = load_config(DEMO_CONFIG, overrides)
+    data = Path(cfg.data.root)
+    progress = not args.quiet
+    if not (data / "classes.txt").is_file():
+        print(f"generating the shapes dataset in {data} ...")
+        write_shapes_dataset(data, args.train_images, args.val_images, args.size, progress=progress)
+    run_dir = Path(cfg.run_dir)
+    if run_dir.exists():  # the demo always starts fresh; only a previous demo run is replaced
+        if not (run_dir / "config.yaml").is_file():
+            raise SeglabError(f"{run_dir} exists and is not a seglab run; pass --out elsewhere")
+        shutil.rmtree(run_dir)
+    print(f"training {cfg.model.name} {cfg.model.options} for {cfg.train.iters} iterations ...")
+    train(cfg, progress=progress)
+    trained = time.perf_counter()
+    metrics, report = evaluate_checkpoint(run_dir, progress=progress)
+    val_images = [
+        data / "images" / f"{name.strip()}.png"
+        for name in (data / "val.txt").read_text().split()[:16]
+    ]
+    predict_files(run_dir, val_images, run_dir / "predictions", progress=progress)
+    total = time.perf_counter() - start
+    print(
+        f"\nvalidation mIoU {100 * metrics['mean_iou']:.2f} "
+        f"(pixel accuracy {100 * metrics['pixel_accuracy']:.2f}); "
+        f"trained in {trained - start:.0f} s, {total:.0f} s in all"
+    )
+    print(f"report:      {report}")
+    print(f"weights:     {run_dir / 'best.safetensors'}")
+    print(f"predictions: {run_dir / 'predictions'}")
+
+
+def declare_demo(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data", default="data/shapes", help="dataset folder (generated if absent)"
+    )
+    parser.add_argument("--out", default="runs/demo", help="run directory (replaced if a demo run)")
+    parser.add_argument("--train-images", type=int, default=2000)
+    parser.add_argument("--val-images", type=int, default=200)
+    parser.add_argument("--size", type=int, default=64, help="image side in pixels")
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. train.iters=100")
+    parser.set_defaults(func=run_demo)
+
+
+def declare_train(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML config, e.g. configs/demo_shapes.yaml")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=0.01")
+    parser.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt")
+    parser.set_defaults(func=run_train)
+
+
+def add_commands(commands) -> None:
+    commands.add_lazy("demo", "generate shapes data, train, evaluate, predict", declare_demo)
+    commands.add_lazy("train", "train a model from a YAML config", declare_train)
