@@ -3,12 +3,22 @@ label mappings checked against hand-written arrays, wrong layouts give one-line 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from release_trees import (
+    H,
+    W,
+    ade_tree,
+    camvid_tree,
+    cityscapes_tree,
+    sbd_tree,
+    tile,
+    voc_tree,
+    write_image,
+    write_label_mask,
+)
 
 from seglab.data import (
     DATASETS,
@@ -19,32 +29,9 @@ from seglab.data import (
     train_ids_to_label_ids,
     write_sbd_train_aug,
 )
-from seglab.data.folder import read_mask, write_mask
+from seglab.data.folder import read_mask
 from seglab.data.transforms import train_transform
 from seglab.errors import SeglabError
-
-H, W = 6, 8
-
-
-def _image(path: Path, seed: int = 0, size: tuple[int, int] = (H, W)) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
-
-
-def _mask(path: Path, values: np.ndarray, palette: bool = False) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if palette:
-        write_mask(values, path, [(i, i, i) for i in range(21)])
-    else:
-        Image.fromarray(values.astype(np.uint8), mode="L").save(path)
-
-
-def _tile(values: list[int]) -> np.ndarray:
-    """An (H, W) mask whose first row holds `values` (then zero-padded), rest copies of it."""
-    row = np.zeros(W, np.uint8)
-    row[: len(values)] = values
-    return np.tile(row, (H, 1))
 
 
 def _one_line(error: pytest.ExceptionInfo) -> str:
@@ -54,64 +41,15 @@ def _one_line(error: pytest.ExceptionInfo) -> str:
 
 
 # ---------------------------------------------------------------------------- VOC + SBD
-VOC_MASKS = {
-    "2007_000001": [0, 1, 20, 255],
-    "2007_000002": [15, 15, 0, 255],
-    "2007_000003": [7, 0, 0, 0],
-}
-
-
-def _voc_tree(tmp_path: Path) -> Path:
-    voc = tmp_path / "VOCdevkit" / "VOC2012"
-    for seed, (name, values) in enumerate(VOC_MASKS.items()):
-        _image(voc / "JPEGImages" / f"{name}.jpg", seed)
-        _mask(voc / "SegmentationClass" / f"{name}.png", _tile(values), palette=True)
-    sets = voc / "ImageSets" / "Segmentation"
-    sets.mkdir(parents=True)
-    (sets / "train.txt").write_text("2007_000001\n2007_000002\n")
-    (sets / "val.txt").write_text("2007_000003\n")
-    (sets / "trainval.txt").write_text("2007_000001\n2007_000002\n2007_000003\n")
-    return tmp_path
-
-
-def _sbd_tree(tmp_path: Path, voc_image_dir: Path) -> Path:
-    """SBD's layout: benchmark_RELEASE/dataset/{cls/*.mat, img/*.jpg, train.txt, val.txt}."""
-    import scipy.io
-    import scipy.sparse
-
-    dataset = tmp_path / "sbd" / "benchmark_RELEASE" / "dataset"
-    (dataset / "cls").mkdir(parents=True)
-    sbd_masks = {
-        "2007_000003": [1, 1, 1, 1],  # in VOC val: must be left out of train_aug
-        "2008_000010": [0, 3, 3, 12],  # only in SBD: its .mat becomes the mask
-        "2008_000011": [19, 0, 2, 2],
-        "2007_000001": [9, 9, 9, 9],  # also annotated by VOC: VOC's mask wins
-    }
-    boundaries = np.empty((20, 1), dtype=object)  # a cell of 20 sparse per-class edge maps
-    for c in range(20):
-        boundaries[c, 0] = scipy.sparse.csr_matrix((H, W), dtype=np.uint8)
-    for seed, (name, values) in enumerate(sbd_masks.items()):
-        gt = {
-            "Segmentation": _tile(values),
-            "Boundaries": boundaries,
-            "CategoriesPresent": np.array(sorted({v for v in values if v})),
-        }
-        scipy.io.savemat(dataset / "cls" / f"{name}.mat", {"GTcls": gt})
-        _image(dataset / "img" / f"{name}.jpg", 10 + seed)
-    (dataset / "train.txt").write_text("2007_000003\n2008_000010\n2007_000001\n")
-    (dataset / "val.txt").write_text("2008_000011\n")
-    return tmp_path / "sbd"
-
-
 def test_voc_release_layout_reads_splits_classes_and_void(tmp_path):
-    root = _voc_tree(tmp_path)
+    root = voc_tree(tmp_path)
     train = build_dataset("voc", root, "train")
     assert (len(train), train.num_classes) == (2, 21)
     assert train.classes.names[0] == "background" and train.classes.names[20] == "tvmonitor"
     assert train.classes.colors[1] == (128, 0, 0) and train.classes.colors[15] == (192, 128, 128)
     image, mask = train.load(0)
     assert image.shape == (H, W, 3) and image.dtype == np.uint8
-    np.testing.assert_array_equal(mask, _tile([0, 1, 20, 255]))
+    np.testing.assert_array_equal(mask, tile([0, 1, 20, 255]))
     assert len(build_dataset("voc", root / "VOCdevkit" / "VOC2012", "trainval")) == 3
     assert dataset_splits("voc", root) == ["train", "val", "trainval"]
     check_dataset(train, progress=False)
@@ -121,7 +59,7 @@ def test_voc_wrong_layout_names_the_missing_folder(tmp_path):
     with pytest.raises(SeglabError) as error:
         build_dataset("voc", tmp_path, "train")
     assert "VOCdevkit/VOC2012/JPEGImages is missing" in _one_line(error)
-    root = _voc_tree(tmp_path)
+    root = voc_tree(tmp_path)
     with pytest.raises(SeglabError) as error:
         build_dataset("voc", root, "train_aug")
     assert "train_aug.txt is missing" in _one_line(error)
@@ -129,18 +67,18 @@ def test_voc_wrong_layout_names_the_missing_folder(tmp_path):
 
 
 def test_voc_check_rejects_a_value_outside_the_21_classes(tmp_path):
-    root = _voc_tree(tmp_path)
+    root = voc_tree(tmp_path)
     bad = root / "VOCdevkit" / "VOC2012" / "SegmentationClass" / "2007_000002.png"
-    _mask(bad, _tile([0, 21]), palette=True)
+    write_label_mask(bad, tile([0, 21]), palette=True)
     with pytest.raises(SeglabError) as error:
         check_dataset(build_dataset("voc", root, "train"), progress=False)
     assert "2007_000002.png: mask value 21 is not a voc label" in _one_line(error)
 
 
 def test_sbd_conversion_writes_train_aug_as_sbd_plus_voc_train_minus_voc_val(tmp_path):
-    root = _voc_tree(tmp_path)
+    root = voc_tree(tmp_path)
     voc = root / "VOCdevkit" / "VOC2012"
-    sbd = _sbd_tree(tmp_path, voc / "JPEGImages")
+    sbd = sbd_tree(tmp_path, voc / "JPEGImages")
     count = write_sbd_train_aug(sbd, root, progress=False)
     expected_names = ["2007_000001", "2007_000002", "2008_000010", "2008_000011"]
     assert count == 4
@@ -155,14 +93,14 @@ def test_sbd_conversion_writes_train_aug_as_sbd_plus_voc_train_minus_voc_val(tmp
         "2008_000011": [19, 0, 2, 2],
     }
     for index, name in enumerate(aug.names):
-        np.testing.assert_array_equal(aug.load(index)[1], _tile(expected_masks[name]))
+        np.testing.assert_array_equal(aug.load(index)[1], tile(expected_masks[name]))
     assert (voc / "JPEGImages" / "2008_000010.jpg").is_file()  # copied from SBD's img/
     assert not list(voc.glob(".SegmentationClassAug-*"))  # no staging folder left behind
     check_dataset(aug, progress=False)
 
 
 def test_sbd_conversion_wrong_layout_is_one_line(tmp_path):
-    root = _voc_tree(tmp_path)
+    root = voc_tree(tmp_path)
     (tmp_path / "not_sbd").mkdir()
     with pytest.raises(SeglabError) as error:
         write_sbd_train_aug(tmp_path / "not_sbd", root, progress=False)
@@ -171,30 +109,15 @@ def test_sbd_conversion_wrong_layout_is_one_line(tmp_path):
 
 
 # ---------------------------------------------------------------------------- Cityscapes
-def _cityscapes_tree(tmp_path: Path) -> Path:
-    frames = {
-        ("train", "aachen", "aachen_000000_000019"): [0, 7, 8, 11, 24, 26, 33, 1],
-        ("train", "aachen", "aachen_000001_000019"): [12, 13, 17, 19, 20, 21, 22, 23],
-        ("train", "bochum", "bochum_000000_000313"): [25, 27, 28, 31, 32, 6, 9, 30],
-        ("val", "lindau", "lindau_000000_000019"): [7, 7, 7, 7],
-    }
-    for seed, ((split, city, stem), values) in enumerate(frames.items()):
-        _image(tmp_path / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", seed)
-        _mask(tmp_path / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png", _tile(values))
-        # the release also ships colour, instance and polygon files beside the labelIds
-        _mask(tmp_path / "gtFine" / split / city / f"{stem}_gtFine_instanceIds.png", _tile([0]))
-    return tmp_path
-
-
 def test_cityscapes_maps_label_ids_to_the_19_train_ids(tmp_path):
-    root = _cityscapes_tree(tmp_path)
+    root = cityscapes_tree(tmp_path)
     train = build_dataset("cityscapes", root, "train")
     assert len(train) == 3 and train.num_classes == 19
     assert train.names[0] == "aachen/aachen_000000_000019"
     assert train.classes.names[0] == "road" and train.classes.names[18] == "bicycle"
-    np.testing.assert_array_equal(train.load(0)[1], _tile([255, 0, 1, 2, 11, 13, 18, 255]))
-    np.testing.assert_array_equal(train.load(1)[1], _tile([3, 4, 5, 6, 7, 8, 9, 10]))
-    np.testing.assert_array_equal(train.load(2)[1], _tile([12, 14, 15, 16, 17, 255, 255, 255]))
+    np.testing.assert_array_equal(train.load(0)[1], tile([255, 0, 1, 2, 11, 13, 18, 255]))
+    np.testing.assert_array_equal(train.load(1)[1], tile([3, 4, 5, 6, 7, 8, 9, 10]))
+    np.testing.assert_array_equal(train.load(2)[1], tile([12, 14, 15, 16, 17, 255, 255, 255]))
     assert train.load_raw_mask(0)[0, 1] == 7
     assert dataset_splits("cityscapes", root) == ["train", "val"]
     check_dataset(train, progress=False)
@@ -210,15 +133,17 @@ def test_cityscapes_train_ids_to_label_ids_inverts_the_mapping():
 
 
 def test_cityscapes_check_rejects_a_value_that_is_no_label_id(tmp_path):
-    root = _cityscapes_tree(tmp_path)
-    _mask(root / "gtFine/val/lindau/lindau_000000_000019_gtFine_labelIds.png", _tile([7, 34]))
+    root = cityscapes_tree(tmp_path)
+    write_label_mask(
+        root / "gtFine/val/lindau/lindau_000000_000019_gtFine_labelIds.png", tile([7, 34])
+    )
     with pytest.raises(SeglabError) as error:
         check_dataset(build_dataset("cityscapes", root, "val"), progress=False)
     assert "mask value 34 is not a cityscapes label (valid: 0..33)" in _one_line(error)
 
 
 def test_cityscapes_without_gtfine_names_the_missing_folder(tmp_path):
-    _image(tmp_path / "leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png")
+    write_image(tmp_path / "leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png")
     with pytest.raises(SeglabError) as error:
         build_dataset("cityscapes", tmp_path, "train")
     message = _one_line(error)
@@ -226,19 +151,8 @@ def test_cityscapes_without_gtfine_names_the_missing_folder(tmp_path):
 
 
 # ---------------------------------------------------------------------------- CamVid
-def _camvid_tree(tmp_path: Path, counts=(3, 2, 1)) -> Path:
-    for split, count in zip(("train", "val", "test"), counts, strict=True):
-        for i in range(count):
-            name = f"0001TP_{i:06d}"
-            _image(tmp_path / split / f"{name}.png", i, size=(36, 48))
-            values = np.full((36, 48), i % 11, np.uint8)
-            values[0, :4] = [0, 10, 11, 3]
-            _mask(tmp_path / f"{split}annot" / f"{name}.png", values)
-    return tmp_path
-
-
 def test_camvid_segnet_layout_maps_void_11_to_ignore(tmp_path):
-    root = _camvid_tree(tmp_path)
+    root = camvid_tree(tmp_path)
     sets = {split: build_dataset("camvid", root, split) for split in ("train", "val", "test")}
     assert [len(d) for d in sets.values()] == [3, 2, 1]
     train = sets["train"]
@@ -253,34 +167,21 @@ def test_camvid_segnet_layout_maps_void_11_to_ignore(tmp_path):
 
 
 def test_camvid_missing_annotation_folder_is_one_line(tmp_path):
-    _image(tmp_path / "train" / "a.png")
+    write_image(tmp_path / "train" / "a.png")
     with pytest.raises(SeglabError) as error:
         build_dataset("camvid", tmp_path, "train")
     assert "trainannot is missing: not a camvid release layout" in _one_line(error)
 
 
 # ---------------------------------------------------------------------------- ADE20K
-def _ade_tree(tmp_path: Path) -> Path:
-    root = tmp_path / "ADEChallengeData2016"
-    masks = {
-        ("training", "ADE_train_00000001"): [0, 1, 2, 150],
-        ("training", "ADE_train_00000002"): [13, 0, 0, 100],
-        ("validation", "ADE_val_00000001"): [5, 5, 5, 5],
-    }
-    for seed, ((split, name), values) in enumerate(masks.items()):
-        _image(root / "images" / split / f"{name}.jpg", seed)
-        _mask(root / "annotations" / split / f"{name}.png", _tile(values))
-    return root
-
-
 def test_ade20k_shifts_labels_down_and_ignores_other(tmp_path):
-    root = _ade_tree(tmp_path)
+    root = ade_tree(tmp_path)
     train = build_dataset("ade20k", root, "train")
     assert len(train) == 2 and train.num_classes == 150
     assert train.classes.names[:3] == ["wall", "building", "sky"]
     assert train.classes.names[149] == "flag"
-    np.testing.assert_array_equal(train.load(0)[1], _tile([255, 0, 1, 149]) | _zero_is(255))
-    np.testing.assert_array_equal(train.load(1)[1], _tile([12, 255, 255, 99]) | _zero_is(255))
+    np.testing.assert_array_equal(train.load(0)[1], tile([255, 0, 1, 149]) | _zero_is(255))
+    np.testing.assert_array_equal(train.load(1)[1], tile([12, 255, 255, 99]) | _zero_is(255))
     assert len(build_dataset("ade20k", root, "validation")) == 1
     assert len(build_dataset("ade20k", tmp_path, "val")) == 1  # the parent folder works too
     assert dataset_splits("ade20k", root) == ["train", "val"]
@@ -288,22 +189,22 @@ def test_ade20k_shifts_labels_down_and_ignores_other(tmp_path):
 
 
 def _zero_is(value: int) -> np.ndarray:
-    """_tile pads with raw 0 ("other"), which ADE20K maps to 255: the padded columns."""
+    """tile pads with raw 0 ("other"), which ADE20K maps to 255: the padded columns."""
     padding = np.zeros((H, W), np.uint8)
     padding[:, 4:] = value
     return padding
 
 
 def test_ade20k_check_rejects_label_151(tmp_path):
-    root = _ade_tree(tmp_path)
-    _mask(root / "annotations/validation/ADE_val_00000001.png", _tile([151]))
+    root = ade_tree(tmp_path)
+    write_label_mask(root / "annotations/validation/ADE_val_00000001.png", tile([151]))
     with pytest.raises(SeglabError) as error:
         check_dataset(build_dataset("ade20k", root, "val"), progress=False)
     assert "mask value 151 is not a ade20k label (valid: 0..150)" in _one_line(error)
 
 
 def test_ade20k_missing_annotations_is_one_line(tmp_path):
-    _image(tmp_path / "images/training/ADE_train_00000001.jpg")
+    write_image(tmp_path / "images/training/ADE_train_00000001.jpg")
     with pytest.raises(SeglabError) as error:
         build_dataset("ade20k", tmp_path, "train")
     assert "annotations/training is missing" in _one_line(error)
@@ -318,7 +219,7 @@ def test_every_format_is_registered_and_unknown_formats_list_them():
 
 
 def test_release_datasets_cache_and_seeded_transforms_like_folder(tmp_path):
-    root = _camvid_tree(tmp_path)
+    root = camvid_tree(tmp_path)
     transform = train_transform([24, 24], [0.5, 1.5], True)
     dataset = build_dataset("camvid", root, "train", transform, cache=True)
     first, second = dataset[(1, 1234)], dataset[(1, 1234)]
@@ -329,8 +230,8 @@ def test_release_datasets_cache_and_seeded_transforms_like_folder(tmp_path):
 
 def test_written_palette_masks_read_back_as_ids(tmp_path):
     """The fixtures' palette PNGs hold ids as pixel values, as VOC's do."""
-    values = _tile([0, 1, 20, 255])
-    _mask(tmp_path / "m.png", values, palette=True)
+    values = tile([0, 1, 20, 255])
+    write_label_mask(tmp_path / "m.png", values, palette=True)
     assert Image.open(tmp_path / "m.png").mode == "P"
     np.testing.assert_array_equal(read_mask(tmp_path / "m.png"), values)
 

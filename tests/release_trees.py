@@ -1,0 +1,127 @@
+"""Tiny trees of the standard releases in their own layouts (VOC + SBD, Cityscapes, CamVid,
+ADE20K), shared by test_datasets.py (label mappings) and test_configs.py (every recipe reads
+its dataset). Sizes are tiny: H x W = 6 x 8 unless given."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from seglab.data.folder import write_mask
+
+H, W = 6, 8
+
+
+def write_image(path: Path, seed: int = 0, size: tuple[int, int] = (H, W)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
+
+
+def write_label_mask(path: Path, values: np.ndarray, palette: bool = False) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if palette:
+        write_mask(values, path, [(i, i, i) for i in range(21)])
+    else:
+        Image.fromarray(values.astype(np.uint8), mode="L").save(path)
+
+
+def tile(values: list[int]) -> np.ndarray:
+    """An (H, W) mask whose first row holds `values` (then zero-padded), rest copies of it."""
+    row = np.zeros(W, np.uint8)
+    row[: len(values)] = values
+    return np.tile(row, (H, 1))
+
+
+VOC_MASKS = {
+    "2007_000001": [0, 1, 20, 255],
+    "2007_000002": [15, 15, 0, 255],
+    "2007_000003": [7, 0, 0, 0],
+}
+
+
+def voc_tree(tmp_path: Path) -> Path:
+    voc = tmp_path / "VOCdevkit" / "VOC2012"
+    for seed, (name, values) in enumerate(VOC_MASKS.items()):
+        write_image(voc / "JPEGImages" / f"{name}.jpg", seed)
+        write_label_mask(voc / "SegmentationClass" / f"{name}.png", tile(values), palette=True)
+    sets = voc / "ImageSets" / "Segmentation"
+    sets.mkdir(parents=True)
+    (sets / "train.txt").write_text("2007_000001\n2007_000002\n")
+    (sets / "val.txt").write_text("2007_000003\n")
+    (sets / "trainval.txt").write_text("2007_000001\n2007_000002\n2007_000003\n")
+    return tmp_path
+
+
+def sbd_tree(tmp_path: Path, voc_image_dir: Path) -> Path:
+    """SBD's layout: benchmark_RELEASE/dataset/{cls/*.mat, img/*.jpg, train.txt, val.txt}."""
+    import scipy.io
+    import scipy.sparse
+
+    dataset = tmp_path / "sbd" / "benchmark_RELEASE" / "dataset"
+    (dataset / "cls").mkdir(parents=True)
+    sbd_masks = {
+        "2007_000003": [1, 1, 1, 1],  # in VOC val: must be left out of train_aug
+        "2008_000010": [0, 3, 3, 12],  # only in SBD: its .mat becomes the mask
+        "2008_000011": [19, 0, 2, 2],
+        "2007_000001": [9, 9, 9, 9],  # also annotated by VOC: VOC's mask wins
+    }
+    boundaries = np.empty((20, 1), dtype=object)  # a cell of 20 sparse per-class edge maps
+    for c in range(20):
+        boundaries[c, 0] = scipy.sparse.csr_matrix((H, W), dtype=np.uint8)
+    for seed, (name, values) in enumerate(sbd_masks.items()):
+        gt = {
+            "Segmentation": tile(values),
+            "Boundaries": boundaries,
+            "CategoriesPresent": np.array(sorted({v for v in values if v})),
+        }
+        scipy.io.savemat(dataset / "cls" / f"{name}.mat", {"GTcls": gt})
+        write_image(dataset / "img" / f"{name}.jpg", 10 + seed)
+    (dataset / "train.txt").write_text("2007_000003\n2008_000010\n2007_000001\n")
+    (dataset / "val.txt").write_text("2008_000011\n")
+    return tmp_path / "sbd"
+
+
+def cityscapes_tree(tmp_path: Path) -> Path:
+    frames = {
+        ("train", "aachen", "aachen_000000_000019"): [0, 7, 8, 11, 24, 26, 33, 1],
+        ("train", "aachen", "aachen_000001_000019"): [12, 13, 17, 19, 20, 21, 22, 23],
+        ("train", "bochum", "bochum_000000_000313"): [25, 27, 28, 31, 32, 6, 9, 30],
+        ("val", "lindau", "lindau_000000_000019"): [7, 7, 7, 7],
+    }
+    for seed, ((split, city, stem), values) in enumerate(frames.items()):
+        write_image(tmp_path / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", seed)
+        write_label_mask(
+            tmp_path / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png", tile(values)
+        )
+        # the release also ships colour, instance and polygon files beside the labelIds
+        write_label_mask(
+            tmp_path / "gtFine" / split / city / f"{stem}_gtFine_instanceIds.png", tile([0])
+        )
+    return tmp_path
+
+
+def camvid_tree(tmp_path: Path, counts=(3, 2, 1)) -> Path:
+    for split, count in zip(("train", "val", "test"), counts, strict=True):
+        for i in range(count):
+            name = f"0001TP_{i:06d}"
+            write_image(tmp_path / split / f"{name}.png", i, size=(36, 48))
+            values = np.full((36, 48), i % 11, np.uint8)
+            values[0, :4] = [0, 10, 11, 3]
+            write_label_mask(tmp_path / f"{split}annot" / f"{name}.png", values)
+    return tmp_path
+
+
+def ade_tree(tmp_path: Path) -> Path:
+    root = tmp_path / "ADEChallengeData2016"
+    masks = {
+        ("training", "ADE_train_00000001"): [0, 1, 2, 150],
+        ("training", "ADE_train_00000002"): [13, 0, 0, 100],
+        ("validation", "ADE_val_00000001"): [5, 5, 5, 5],
+    }
+    for seed, ((split, name), values) in enumerate(masks.items()):
+        write_image(root / "images" / split / f"{name}.jpg", seed)
+        write_label_mask(root / "annotations" / split / f"{name}.png", tile(values))
+    return root
