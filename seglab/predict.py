@@ -2,7 +2,8 @@
 
 Each image gets OUT/labels/NAME.png (palette label ids, or Cityscapes labelIds) and
 OUT/overlays/NAME.png (the labels blended over the image); images found in a folder keep their
-sub-folders. An image that cannot be read is skipped and reported; every other image is labelled.
+sub-folders. An image that cannot be read (or labelled: too small for the model, out of memory)
+is skipped and reported; every other image is labelled.
 Each file is written through a temporary name and a rename, and a failed image writes nothing.
 """
 
@@ -96,11 +97,12 @@ def predict_files(
     from seglab.data.labels import default_palette
     from seglab.engine.report import overlay
     from seglab.inference import Segmenter
-    from seglab.runs import resolve_run, run_inference
+    from seglab.runs import check_window, resolve_run, run_inference
 
     weights, config = resolve_run(checkpoint)
     segmenter = Segmenter.from_checkpoint(weights, "auto", run_inference(config, inference), crf)
     images = collect_images(inputs)
+    check_window(segmenter.model, segmenter.inference)
     if labelids:
         check_cityscapes_classes(weights, segmenter.num_classes, segmenter.classes)
     classes = segmenter.classes
@@ -108,11 +110,17 @@ def predict_files(
     out_dir = Path(out)
     result = Predictions()
     for path, name in tqdm(images, desc="predicting", unit="img", disable=not progress):
-        try:  # everything that reads the file, before anything is written for it
+        try:  # reading and labelling come before anything is written for this image
             image = read_image(path)
             labels = segmenter.predict(image)
         except SeglabError as error:
             result.failed.append((path, str(error)))
+            continue
+        except RuntimeError as error:  # one odd image (1x1, out of memory) must not stop the rest
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else "no message"
+            size = "x".join(str(side) for side in image.shape[:2])
+            failure = f"{path}: cannot label this {size} image ({type(error).__name__}: {reason})"
+            result.failed.append((path, failure))
             continue
         label_path = out_dir / "labels" / f"{name}.png"
         overlay_path = out_dir / "overlays" / f"{name}.png"

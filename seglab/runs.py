@@ -59,6 +59,33 @@ def check_inference(cfg: InferenceConfig, where: str = "inference") -> Inference
     return cfg
 
 
+def check_window(model, cfg: InferenceConfig) -> None:
+    """Slide mode: one forward pass on a blank window first, so that a window smaller than the
+    model can take (its downsampling pools a side to nothing) is a one-line error naming the
+    setting, before any image is read."""
+    if cfg.mode != "slide":
+        return
+    import torch
+
+    parameter = next(model.parameters())
+    h, w = cfg.crop_size
+    blank = torch.zeros(1, model.seglab_spec["in_channels"], h, w, dtype=parameter.dtype)
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(blank.to(parameter.device))
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError as error:
+        reason = str(error).strip().splitlines()[0]
+        raise SeglabError(
+            f"--crop (inference.crop_size) {h}x{w} is too small a window for "
+            f"{model.seglab_spec['name']} ({reason}); give a larger HxW, e.g. 512x512"
+        ) from None
+    finally:
+        model.train(was_training)
+
+
 def run_inference(
     config: Config | None, inference: InferenceConfig | Mapping[str, Any] | None = None
 ) -> InferenceConfig:
@@ -104,4 +131,4 @@ def run_dataset(
     return build_dataset(data_format, root, split, eval_transform())
 
 
-__all__ = ["check_inference", "resolve_run", "run_dataset", "run_inference"]
+__all__ = ["check_inference", "check_window", "resolve_run", "run_dataset", "run_inference"]

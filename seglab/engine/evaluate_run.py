@@ -21,7 +21,7 @@ from seglab.engine.report import write_report
 from seglab.errors import SeglabError
 from seglab.inference import predict_probabilities
 from seglab.metrics import ConfusionMatrix
-from seglab.runs import resolve_run, run_dataset, run_inference
+from seglab.runs import check_window, resolve_run, run_dataset, run_inference
 from seglab.weights import load_weights
 
 
@@ -60,6 +60,7 @@ def evaluate_checkpoint(
     _check_classes(weights, meta, dataset)
     device = resolve_device("auto")
     model.to(device)
+    check_window(model, inference)
     overlays = []
     crf_confusion = ConfusionMatrix(dataset.num_classes, device) if crf else None
 
@@ -131,6 +132,7 @@ def search_crf(
     dataset = run_dataset(config, data_root, split, data_format)
     model, meta = load_weights(weights)
     _check_classes(weights, meta, dataset)
+    check_window(model, inference)
     model.eval()
     probs, pictures, labels = [], [], []
     count = min(images, len(dataset))
