@@ -3,6 +3,8 @@ label mappings checked against hand-written arrays, wrong layouts give one-line 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -240,3 +242,61 @@ def test_summary_and_splits_work_for_the_generic_folder_layout(shapes_root):
     assert dataset_splits("folder", shapes_root) == ["train", "val"]
     val = build_dataset("folder", shapes_root, "val")
     assert dataset_summary(val) == "val: 8 images, 6 classes, image sizes WxH: 32x32 (8)"
+
+
+# ---------------------------------------------------------------------------- the registry
+def test_every_dataset_class_in_seglab_data_is_registered():
+    """Every FolderDataset subclass defined in any module of seglab.data (and FolderDataset
+    itself) is registered under its format_name; ReleaseDataset is their abstract base."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import seglab.data
+    from seglab.data.folder import FolderDataset
+    from seglab.data.release import ReleaseDataset
+
+    registered = {info.cls for info in DATASETS.values()}
+    for module_info in pkgutil.iter_modules(seglab.data.__path__):
+        module = importlib.import_module(f"seglab.data.{module_info.name}")
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            defined_here = cls.__module__ == module.__name__
+            if defined_here and issubclass(cls, FolderDataset) and cls is not ReleaseDataset:
+                assert cls in registered, f"{cls.__name__} in {module.__name__} is not registered"
+    for name, info in DATASETS.items():
+        assert info.cls.format_name == name
+
+
+def test_register_dataset_refuses_a_second_name_and_a_mismatched_format_name():
+    from seglab.data.registry import register_dataset
+
+    with pytest.raises(ValueError, match="registered twice"):
+        register_dataset("voc", "again")(type("Again", (), {}))
+    with pytest.raises(ValueError, match="format_name is 'b', registered as 'a_new_format'"):
+        register_dataset("a_new_format", "x")(type("Mismatch", (), {"format_name": "b"}))
+    assert "a_new_format" not in DATASETS
+
+
+def test_help_lines_and_the_readme_table_read_the_registry():
+    from seglab.data import dataset_formats, format_help_lines
+    from seglab.data.registry import formats_markdown_table
+
+    lines = format_help_lines()
+    assert [line.split(":")[0] for line in lines] == sorted(DATASETS)
+    assert lines[-1] == f"voc: {dataset_formats()['voc']}"
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert formats_markdown_table() in readme
+
+
+def test_an_unknown_format_fails_when_the_config_is_loaded(tmp_path):
+    from seglab.config import load_config
+
+    path = tmp_path / "run.yaml"
+    path.write_text("data: {format: coco}\n")
+    with pytest.raises(SeglabError) as error:
+        load_config(path)
+    assert _one_line(error) == (
+        f"{path}: data.format 'coco' is not one of: ade20k, camvid, cityscapes, folder, voc"
+    )
+    with pytest.raises(SeglabError, match="data.format 'VOC' is not one of"):
+        load_config(None, ["data.format=VOC"])
