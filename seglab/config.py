@@ -42,6 +42,9 @@ class DataConfig:
     batch_size: int = 8  # the global batch: divided across ranks under torchrun
     num_workers: int = 0  # 0 loads in the training process (fastest on 2 cores)
     cache: bool = False  # keep decoded images in memory (small datasets)
+    # refuse image/mask files declaring more pixels (decompression bombs); None: the env var
+    # SEGLAB_MAX_IMAGE_PIXELS or seglab.data.images.DEFAULT_MAX_IMAGE_PIXELS (~179 MP)
+    max_image_pixels: int | None = None
 
 
 @dataclass

@@ -17,6 +17,7 @@ from PIL import Image
 
 from seglab.config import InferenceConfig
 from seglab.data.folder import ClassInfo, read_image
+from seglab.data.images import rgb_array, rgb_uint8
 from seglab.data.transforms import normalize_image
 from seglab.device import resolve_device
 from seglab.errors import SeglabError
@@ -225,22 +226,27 @@ def predict_probabilities(
 
 
 def as_image_tensor(image) -> torch.Tensor:
-    """A path, PIL image, (H, W, 3) uint8 array or (3, H, W) tensor -> (3, H, W) uint8."""
+    """A path, PIL image, (H, W, 3) or (H, W) array or (3, H, W) tensor -> (3, H, W) uint8.
+
+    Files and PIL images are read as displayed (EXIF orientation applied, 16-bit scaled; see
+    seglab/data/images.py), so predict("x.jpg") and predict(Image.open("x.jpg")) agree. Array
+    and tensor values are read by seglab.data.images.rgb_uint8, as dense_crf reads them: uint8
+    0..255, float 0..1, uint16 0..65535; anything else (a float in 0..255, a normalised image,
+    int64, bool) is a one-line SeglabError.
+    """
     if isinstance(image, str | Path):
         image = read_image(Path(image))
     if isinstance(image, Image.Image):
-        image = np.array(image.convert("RGB"))
+        image = rgb_array(image)
     if isinstance(image, np.ndarray):
         if image.ndim == 2:
             image = np.repeat(image[..., None], 3, axis=2)
         if image.ndim != 3 or image.shape[2] != 3:
             raise SeglabError(f"expected an (H, W, 3) image array, got shape {image.shape}")
-        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        image = torch.from_numpy(rgb_uint8(image, "Segmenter.predict")).permute(2, 0, 1)
     if not isinstance(image, torch.Tensor) or image.ndim != 3 or image.shape[0] != 3:
         raise SeglabError("expected an image path, PIL image, (H, W, 3) array or (3, H, W) tensor")
-    if image.is_floating_point():  # floats are taken as 0..1 RGB
-        image = (image.clamp(0, 1) * 255).round().to(torch.uint8)
-    return image
+    return rgb_uint8(image, "Segmenter.predict")
 
 
 class Segmenter:

@@ -109,7 +109,7 @@ def test_logits_and_their_softmax_give_the_same_result():
 def test_batch_equals_images_one_at_a_time():
     g = torch.Generator().manual_seed(5)
     probabilities = torch.softmax(torch.randn(2, 4, 16, 20, generator=g), 1)
-    images = torch.rand(2, 3, 16, 20, generator=g) * 255
+    images = (torch.rand(2, 3, 16, 20, generator=g) * 255).to(torch.uint8)
     batch = dense_crf(probabilities, images, preset="deeplab-v2")
     for i in range(2):
         one = dense_crf(probabilities[i : i + 1], images[i : i + 1], preset="deeplab-v2")

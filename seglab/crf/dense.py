@@ -38,6 +38,7 @@ from torch import Tensor
 
 from seglab.crf.lattice import PermutohedralLattice
 from seglab.crf.params import DenseCRFParams, resolve_params
+from seglab.data.images import rgb_uint8
 from seglab.errors import SeglabError
 
 __all__ = ["dense_crf", "mean_field", "pixel_features", "unary_from_scores"]
@@ -60,6 +61,14 @@ def check_inputs(scores: Tensor, images: Tensor) -> None:
         raise SeglabError(
             f"CRF images are {tuple(images.shape[2:])} but scores are {(h, w)}; resize one first"
         )
+
+
+def crf_images(scores: Tensor, images: Tensor) -> Tensor:
+    """check_inputs, then the images as (B, 3, H, W) uint8 0..255 on the scores' device, read
+    as Segmenter.predict reads them (seglab.data.images.rgb_uint8: uint8 0..255, float 0..1,
+    uint16 0..65535; a float beyond 0..1 or another dtype is a one-line SeglabError)."""
+    check_inputs(scores, images)
+    return rgb_uint8(images.to(scores.device), "dense_crf images")
 
 
 def unary_from_scores(scores: Tensor, logits: bool) -> Tensor:
@@ -293,7 +302,8 @@ def dense_crf(
 
     Args:
         scores: (B, K, H, W) class probabilities, or logits with `logits=True`.
-        images: (B, 3, H, W) RGB, uint8 or float in 0..255, on the same device.
+        images: (B, 3, H, W) RGB: uint8 0..255, float 0..1 or uint16 0..65535, as
+            Segmenter.predict reads arrays (crf_images); a float image in 0..255 is refused.
         preset: a name in PRESETS or a DenseCRFParams.
         iterations: mean-field iterations (default: the preset's).
         logits: scores are logits; their log-softmax is the unary, without the probability
@@ -312,13 +322,12 @@ def dense_crf(
         (B, K, H, W) float32 marginals Q on the scores' device, stored channels-last (each
         pixel's K values contiguous, as the lattice writes them); argmax(1) is the labelling.
     """
-    check_inputs(scores, images)
+    images = crf_images(scores, images)
     params = resolve_params(preset, iterations, **overrides)
     b, k, h, w = scores.shape
     compatibility = symmetric_compatibility(
         compatibility, k, scores.new_empty(0, dtype=torch.float32)
     )
-    images = images.to(scores.device)
 
     # Channels-last (B, H, W, K) storage: every pixel's K values are one row, as the lattice
     # writes them, so no transposing copy is needed.

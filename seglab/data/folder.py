@@ -3,12 +3,15 @@
     ROOT/
       classes.txt          one class per line, `name #rrggbb` (line i is class id i)
       images/NAME.png      RGB images (.png, .jpg, .jpeg, .bmp, .tif, .tiff)
-      masks/NAME.png       label ids as pixel values (palette or 8-bit grayscale PNG),
-                           255 = ignore
+      masks/NAME.png       label ids as pixel values (palette, 8-bit or 16-bit grayscale
+                           PNG), 255 = ignore
+      label_map.txt        optional: `STORED NEW` per line, mask values to rewrite on reading,
+                           e.g. `255 1` for binary masks saved as 0/255
       train.txt, val.txt   one NAME per line; without split files every image is in `all`
 
 `check_dataset` reads every file once before training and reports the first problem as one
-line naming the file and the fix.
+line naming the file and the fix. Files are read by seglab/data/images.py (EXIF orientation,
+16-bit masks, the decompression-bomb limit; its docstring lists what each file mode becomes).
 """
 
 from __future__ import annotations
@@ -22,7 +25,21 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from seglab.data.labels import IGNORE_COLOR, IGNORE_INDEX, check_label_values, default_palette
+from seglab.data.images import (
+    SWAPPING_ORIENTATIONS,
+    read_label_values,
+    read_rgb,
+    stored_orientation,
+)
+from seglab.data.labels import (
+    IGNORE_COLOR,
+    IGNORE_INDEX,
+    apply_label_map,
+    check_label_values,
+    default_palette,
+    only_ignore_message,
+    read_label_map,
+)
 from seglab.data.registry import register_dataset
 from seglab.errors import SeglabError
 
@@ -54,7 +71,7 @@ def read_classes_file(path: Path) -> ClassInfo:
         raise SeglabError(
             f"{path} is missing; write one class name per line (optionally `name #rrggbb`)"
         )
-    names, colors = [], []
+    names, colors, numbers = [], [], []
     lines = [line.strip() for line in path.read_text().splitlines()]
     palette = default_palette(len(lines))
     for number, line in enumerate(lines, start=1):
@@ -74,40 +91,41 @@ def read_classes_file(path: Path) -> ClassInfo:
             rgb = palette[len(names)]
         names.append(name.strip())
         colors.append(rgb)
+        numbers.append(number)
     if not names:
         raise SeglabError(f"{path} lists no classes; write one class name per line")
+    for index, name in enumerate(names):
+        if names.index(name) != index:
+            lines_of = [str(n) for n, other in zip(numbers, names, strict=True) if other == name]
+            raise SeglabError(
+                f"{path}: class name {name!r} appears on lines {', '.join(lines_of)}; every "
+                "class needs its own name (one line per class id)"
+            )
     return ClassInfo(names, colors)
 
 
 def read_image(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB; a SeglabError names the file if it cannot be decoded."""
-    try:
-        with Image.open(path) as image:
-            return np.array(image.convert("RGB"))
-    except FileNotFoundError:
-        raise SeglabError(f"{path}: image file not found") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise SeglabError(
-            f"{path}: cannot read image ({error}); replace the file or drop it from the split"
-        ) from None
+    """(H, W, 3) uint8 RGB as displayed (EXIF orientation applied); a SeglabError names the
+    file if it cannot be decoded (seglab.data.images.read_rgb)."""
+    return read_rgb(path)
 
 
-def read_mask(path: Path) -> np.ndarray:
-    """(H, W) uint8 label ids from a palette or grayscale PNG."""
-    try:
-        with Image.open(path) as mask:
-            if mask.mode not in ("P", "L", "I", "I;16"):
-                raise SeglabError(
-                    f"{path}: mask mode {mask.mode} holds colours, not label ids; save it as a "
-                    "palette or 8-bit grayscale PNG whose pixel values are class ids"
-                )
-            return np.array(mask, dtype=np.uint8)
-    except FileNotFoundError:
-        raise SeglabError(
-            f"{path}: mask file not found; every image needs a mask of the same name"
-        ) from None
-    except (OSError, ValueError) as error:
-        raise SeglabError(f"{path}: cannot read mask ({error}); re-export the mask") from None
+def read_mask(path: Path, label_map: dict[int, int] | None = None) -> np.ndarray:
+    """(H, W) uint8 label ids: the mask's true values (8- or 16-bit, see data/images.py),
+    rewritten by `label_map`; a value outside 0..255 is a SeglabError that names it."""
+    values = read_label_values(path)
+    if label_map:
+        values = apply_label_map(values, label_map)
+    if values.dtype != np.uint8:
+        low, high = int(values.min(initial=0)), int(values.max(initial=0))
+        if low < 0 or high > IGNORE_INDEX:
+            value = low if low < 0 else high
+            raise SeglabError(
+                f"{path}: label value {value} is outside 0..{IGNORE_INDEX} (ids 0..254, "
+                f"{IGNORE_INDEX} ignore); fix the mask or map the value in label_map.txt"
+            )
+        values = values.astype(np.uint8)
+    return values
 
 
 def write_mask(
@@ -147,6 +165,8 @@ class FolderDataset(torch.utils.data.Dataset):
         self.names = self._read_split(split)
         self.transform = transform
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
+        # Stored mask value -> label id, e.g. {255: 1} for binary masks saved as 0/255.
+        self.label_map = read_label_map(self.root / "label_map.txt", self.classes.names)
 
     @property
     def num_classes(self) -> int:
@@ -187,21 +207,23 @@ class FolderDataset(torch.utils.data.Dataset):
         """(H, W, 3) uint8 image and (H, W) uint8 mask, unchecked."""
         if self._cache is not None and index in self._cache:
             return self._cache[index]
-        sample = read_image(self.image_path(index)), read_mask(self.mask_path(index))
+        sample = (
+            read_image(self.image_path(index)),
+            read_mask(self.mask_path(index), self.label_map),
+        )
         if self._cache is not None:
             self._cache[index] = sample
         return sample
 
-    def check(self, index: int) -> None:
-        """Raise a one-line SeglabError if sample `index` is unusable."""
+    def check(self, index: int) -> np.ndarray:
+        """Raise a one-line SeglabError if sample `index` is unusable; else return the mask's
+        distinct label ids (check_dataset looks for classes that never appear)."""
         image, mask = self.load(index)
         if image.shape[:2] != mask.shape:
             raise SeglabError(
-                f"{self.mask_path(index)}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
-                f"is {image.shape[1]}x{image.shape[0]}; masks must match their images pixel for "
-                "pixel"
+                size_mismatch_message(self.image_path(index), image, mask, self.mask_path(index))
             )
-        check_label_values(mask, self.num_classes, self.mask_path(index))
+        return check_label_values(mask, self.num_classes, self.mask_path(index))
 
     def __len__(self) -> int:
         return len(self.names)
@@ -221,7 +243,10 @@ class FolderDataset(torch.utils.data.Dataset):
 
 
 def check_dataset(dataset: FolderDataset, progress: bool = True) -> None:
-    """Read every sample once; raise the first problem as a one-line SeglabError."""
+    """Read every sample once; raise the first problem as a one-line SeglabError, and refuse a
+    split whose masks hold only 0 and 255 (ignore) without a label_map.txt."""
+    seen: set[int] = set()
+    first_with_ignore = None
     for index in tqdm(
         range(len(dataset)),
         desc=f"checking {dataset.split}",
@@ -229,4 +254,39 @@ def check_dataset(dataset: FolderDataset, progress: bool = True) -> None:
         disable=not progress,
         leave=False,
     ):
-        dataset.check(index)
+        values = dataset.check(index)
+        if values is not None and not getattr(dataset, "label_map", None):
+            seen.update(int(v) for v in values)
+            first_with_ignore = first_with_ignore or (
+                dataset.mask_path(index) if IGNORE_INDEX in values else None
+            )
+    # Binary masks saved as 0/255 (Carvana, ISIC, Kvasir exports) would train with every
+    # foreground pixel ignored: refuse when 255 appears and no class but 0 ever does.
+    if first_with_ignore is not None and seen <= {0, IGNORE_INDEX} and dataset.num_classes > 1:
+        raise SeglabError(
+            only_ignore_message(
+                first_with_ignore, dataset.split, dataset.classes.names, dataset.root
+            )
+        )
+
+
+def size_mismatch_message(
+    image_path: Path, image: np.ndarray, mask: np.ndarray, mask_path: Path
+) -> str:
+    """The check's line for an image and mask of different sizes, naming an EXIF rotation."""
+    (h, w), (mh, mw) = image.shape[:2], mask.shape
+    orientation, (stored_w, stored_h) = stored_orientation(image_path)
+    shown = f"{w}x{h}"
+    if orientation in SWAPPING_ORIENTATIONS:
+        shown += (
+            f" as displayed (EXIF orientation {orientation} rotates the stored "
+            f"{stored_w}x{stored_h} {image_path.name})"
+        )
+        if (stored_w, stored_h) == (mw, mh):
+            shown += (
+                "; the mask matches the stored orientation: rotate the mask to the displayed one"
+            )
+    return (
+        f"{mask_path}: mask is {mw}x{mh} but its image is {shown}; masks must match their "
+        "images pixel for pixel"
+    )

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from PIL import Image
-
 from seglab.data.folder import FolderDataset
+from seglab.data.images import image_size
 from seglab.errors import SeglabError
 
 
@@ -30,13 +29,13 @@ def dataset_splits(format: str, root: str | Path) -> list[str]:
 def dataset_summary(dataset: FolderDataset) -> str:
     """'split: N images (release: M), K classes, sizes WxH (n), ...' for a loaded dataset.
 
-    Reads only image headers. The release count is shown for the standard datasets, so a
-    partial download or a wrong split list is visible at once.
+    Reads only image headers; sizes are as displayed (EXIF orientation applied). The
+    release count is shown for the standard datasets, so a partial download or a wrong split
+    list is visible at once.
     """
     sizes = Counter()
     for index in range(len(dataset)):
-        with Image.open(dataset.image_path(index)) as image:
-            sizes[image.size] += 1
+        sizes[image_size(dataset.image_path(index))] += 1  # as displayed (EXIF)
     expected = getattr(dataset, "release_counts", {}).get(dataset.split)
     count = f"{len(dataset)} images"
     if expected is not None:

@@ -7,11 +7,11 @@ import warnings
 from collections.abc import Callable
 
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from seglab.config import InferenceConfig
 from seglab.data.folder import FolderDataset
+from seglab.data.images import image_size
 from seglab.inference import predict_probabilities
 from seglab.metrics import ConfusionMatrix
 
@@ -20,8 +20,8 @@ def batches_by_size(dataset: FolderDataset, batch_size: int, indices=None) -> li
     """Group sample indices into batches of equal image size (sizes read from file headers)."""
     groups: dict[tuple[int, int], list[int]] = {}
     for index in indices if indices is not None else range(len(dataset)):
-        with Image.open(dataset.image_path(index)) as image:
-            groups.setdefault(image.size, []).append(index)
+        size = image_size(dataset.image_path(index))  # as displayed: EXIF rotation applied
+        groups.setdefault(size, []).append(index)
     return [
         group[start : start + batch_size]
         for group in groups.values()
