@@ -81,7 +81,7 @@ def test_pyramid_pooling_branches_and_any_map_size():
 def test_training_mode_returns_the_aux_output_weighted_0_4():
     torch.manual_seed(0)
     model = create_model("pspnet", 4, encoder="resnet18d", head_channels=32, bins=(1, 2))
-    assert model.aux_weights == [0.4]
+    assert model.aux_weights == (0.4,)
     out = model.train()(torch.randn(2, 3, 45, 61))
     assert out["out"].shape == out["aux"][0].shape == (2, 4, 45, 61)
     loss = SegmentationLoss(aux_weights=model.aux_weights)(out, torch.randint(0, 4, (2, 45, 61)))

@@ -19,6 +19,7 @@ from torch import nn
 from seglab.encoders import VGG16, load_torchvision_vgg16
 from seglab.encoders.timm_encoder import vgg16_state_dict
 from seglab.encoders.vgg import FCN_POOL
+from seglab.models.base import SegmentationModel
 from seglab.models.registry import register_model
 from seglab.nn import ConvBNAct, resize_to
 
@@ -85,7 +86,18 @@ class ContextModule(nn.Module):
         return x
 
 
-class DilatedContextNet(nn.Module):
+# Learnable parameters with 21 classes (VOC), by hand: front-end = VGG16 convs 14,714,688 +
+# fc6 102,764,544 + fc7 16,781,312 + final 86,037 = 134,346,581 (FCN-32s's table); the large
+# context module adds 3x3 convs 21->42->42->84->168->336->672->672 and a 1x1 672->21:
+# 7,980 + 15,918 + 31,836 + 127,176 + 508,368 + 2,032,800 + 4,064,928 + 14,133 = 6,803,139.
+@register_model(
+    "dilated_context",
+    "Dilated VGG16 front-end + context module, basic/large (Yu & Koltun 2016)",
+    {"num_classes": 21, "context": "large"},
+    141_149_720,
+    {"width": 8},
+)
+class DilatedContextNet(SegmentationModel):
     """Front-end (+ context module) of Yu & Koltun (ICLR 2016): (B, C, H, W) -> (B, K, H, W).
 
     Args:
@@ -149,35 +161,3 @@ class DilatedContextNet(nn.Module):
             self.fc6.conv.bias.copy_(fc["classifier.0.bias"])
             self.fc7.conv.weight.copy_(fc["classifier.3.weight"].view(self.fc7.conv.weight.shape))
             self.fc7.conv.bias.copy_(fc["classifier.3.bias"])
-
-
-# Learnable parameters with 21 classes (VOC), by hand: front-end = VGG16 convs 14,714,688 +
-# fc6 102,764,544 + fc7 16,781,312 + final 86,037 = 134,346,581 (FCN-32s's table); the large
-# context module adds 3x3 convs 21->42->42->84->168->336->672->672 and a 1x1 672->21:
-# 7,980 + 15,918 + 31,836 + 127,176 + 508,368 + 2,032,800 + 4,064,928 + 14,133 = 6,803,139.
-@register_model(
-    "dilated_context",
-    "Dilated VGG16 front-end + context module, basic/large (Yu & Koltun 2016)",
-    {"num_classes": 21, "context": "large"},
-    141_149_720,
-    {"width": 8},
-)
-def dilated_context(
-    num_classes: int,
-    in_channels: int = 3,
-    context: str = "large",
-    width: int = 64,
-    dropout: float = 0.5,
-    batch_norm: bool = False,
-    pretrained: bool | str | Path = False,
-) -> DilatedContextNet:
-    """context: "none" (front-end only), "basic" (C channels) or "large" (up to 32 C)."""
-    return DilatedContextNet(
-        num_classes,
-        in_channels,
-        context,
-        width,
-        dropout,
-        batch_norm=batch_norm,
-        pretrained=pretrained,
-    )

@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from seglab.encoders import build_encoder
+from seglab.models.base import SegmentationModel
 from seglab.models.registry import register_model
 from seglab.nn import resize_to
 from seglab.nn.aspp import FCNHead
@@ -20,7 +20,14 @@ from seglab.nn.aspp import FCNHead
 Logits = torch.Tensor | dict[str, torch.Tensor | list[torch.Tensor]]
 
 
-class FCNResNet(nn.Module):
+@register_model(
+    "fcn_resnet",
+    "FCN head on a dilated ResNet, as in torchvision / MMSegmentation (not the FCN paper)",
+    {"num_classes": 21, "encoder": "resnet101", "aux": True},
+    54_314_346,  # torchvision's fcn_resnet101 with aux_classifier
+    {"encoder": "resnet18"},
+)
+class FCNResNet(SegmentationModel):
     """FCNHead on a dilated ResNet (torchvision's fcn_resnet50/101): (B, C, H, W) -> (B, K, H, W).
 
     Encoder at output stride 8; head: 3x3 conv to in/4 channels + BN + ReLU, dropout 0.1, 1x1
@@ -50,7 +57,7 @@ class FCNResNet(nn.Module):
         self.head = FCNHead(channels[-1], num_classes)
         self.aux_feature = -2  # layer3
         self.aux_head = FCNHead(channels[-2], num_classes) if aux else None
-        self.aux_weights = [0.5] if aux else []  # torchvision's reference training recipe
+        self.aux_weights = (0.5,) if aux else ()  # torchvision's reference training recipe
 
     def forward(self, x: torch.Tensor) -> Logits:
         size = x.shape[-2:]
@@ -59,21 +66,3 @@ class FCNResNet(nn.Module):
         if not (self.training and self.aux_head is not None):
             return out
         return {"out": out, "aux": [resize_to(self.aux_head(features[self.aux_feature]), size)]}
-
-
-@register_model(
-    "fcn_resnet",
-    "FCN head on a dilated ResNet, as in torchvision / MMSegmentation (not the FCN paper)",
-    {"num_classes": 21, "encoder": "resnet101", "aux": True},
-    54_314_346,  # torchvision's fcn_resnet101 with aux_classifier
-    {"encoder": "resnet18"},
-)
-def fcn_resnet(
-    num_classes: int,
-    in_channels: int = 3,
-    encoder: str = "resnet50",
-    output_stride: int = 8,
-    aux: bool = False,
-    pretrained: bool | str | Path = False,
-) -> FCNResNet:
-    return FCNResNet(num_classes, in_channels, encoder, output_stride, aux, pretrained)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seglab.encoders import build_encoder
+from seglab.models.base import SegmentationModel
 from seglab.models.registry import register_model
 from seglab.nn import resize_to
 
@@ -94,7 +95,17 @@ class RefineNetBlock(nn.Module):
         return self.output(self.crp(x))
 
 
-class RefineNet(nn.Module):
+@register_model(
+    "refinenet",
+    "4-cascaded RefineNet: RCU, multi-resolution fusion, chained residual pooling (Lin 2017)",
+    {"num_classes": 21},
+    # The paper gives none; Nekrasov et al. (Light-Weight RefineNet, BMVC 2018, Table 1) list
+    # RefineNet-101 at 118M parameters and 263 G(MAC) at 512x512. seglab: 118,053,973 and
+    # 262.9 GMACs (benchmarks/RESULTS.md). The published figure is rounded to 1M.
+    118_000_000,
+    {"encoder": "resnet18", "channels": 16},
+)
+class RefineNet(SegmentationModel):
     """4-cascaded RefineNet (Lin et al., CVPR 2017): (B, C, H, W) -> (B, num_classes, H, W).
 
     Encoder maps at 1/4 .. 1/32 are reduced by 3x3 convs (no bias) to `channels` (256) and, for
@@ -150,26 +161,3 @@ class RefineNet(nn.Module):
         out = self.refine1([out, features[0]])  # (B, channels, ~H/4, ~W/4)
         out = self.classifier(self.dropout(self.final_rcus(out)))
         return resize_to(out, x.shape[-2:])
-
-
-@register_model(
-    "refinenet",
-    "4-cascaded RefineNet: RCU, multi-resolution fusion, chained residual pooling (Lin 2017)",
-    {"num_classes": 21},
-    # The paper gives none; Nekrasov et al. (Light-Weight RefineNet, BMVC 2018, Table 1) list
-    # RefineNet-101 at 118M parameters and 263 G(MAC) at 512x512. seglab: 118,053,973 and
-    # 262.9 GMACs (benchmarks/RESULTS.md). The published figure is rounded to 1M.
-    118_000_000,
-    {"encoder": "resnet18", "channels": 16},
-)
-def refinenet(
-    num_classes: int,
-    in_channels: int = 3,
-    encoder: str = "resnet101",
-    channels: int = 256,
-    final_rcus: int = 2,
-    dropout: float = 0.5,
-    pretrained: bool | str | Path = False,
-) -> RefineNet:
-    """encoder: resnet101 (paper), resnet152, or resnet50 / resnet18 for a lighter model."""
-    return RefineNet(num_classes, in_channels, encoder, channels, final_rcus, dropout, pretrained)

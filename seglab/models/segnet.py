@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seglab.encoders import VGG16, load_state_dict_file, load_torchvision_vgg16
+from seglab.models.base import SegmentationModel
 from seglab.models.registry import register_model
 from seglab.nn import ConvBNAct
 
@@ -75,7 +76,14 @@ class SegNetDecoderStage(nn.Module):
         return x
 
 
-class SegNet(nn.Module):
+@register_model(
+    "segnet",
+    "SegNet: VGG16-BN encoder, decoder by max-unpooling indices (Badrinarayanan et al. 2017)",
+    {"num_classes": 11},  # CamVid
+    29_449_355,  # MODELS.md; every conv keeps its bias, as in the released Caffe model
+    {"width": 8},
+)
+class SegNet(SegmentationModel):
     """SegNet (Badrinarayanan et al., PAMI 2017): (B, C, H, W) -> (B, num_classes, H, W).
 
     Encoder: SegNetEncoder (VGG16-BN, pools with indices). Decoder, coarse to fine: unpool,
@@ -100,6 +108,7 @@ class SegNet(nn.Module):
         pretrained: bool | str | Path = False,
     ) -> None:
         super().__init__()
+        self.export_fixed_size = "max-unpooling by indices to each pool's input size"
         self.encoder = SegNetEncoder(in_channels, width)
         self.decoder = nn.ModuleDict()
         channels = self.encoder.channels[-1]
@@ -134,19 +143,3 @@ class SegNet(nn.Module):
         else:
             state = load_state_dict_file(pretrained)
         load_torchvision_vgg16(self.encoder, state)
-
-
-@register_model(
-    "segnet",
-    "SegNet: VGG16-BN encoder, decoder by max-unpooling indices (Badrinarayanan et al. 2017)",
-    {"num_classes": 11},  # CamVid
-    29_449_355,  # MODELS.md; every conv keeps its bias, as in the released Caffe model
-    {"width": 8},
-)
-def segnet(
-    num_classes: int,
-    in_channels: int = 3,
-    width: int = 64,
-    pretrained: bool | str | Path = False,
-) -> SegNet:
-    return SegNet(num_classes, in_channels, width, pretrained)
