@@ -118,7 +118,11 @@ def run_dataset(
     data section (its val split); without a config, `root` is needed and the layout is folder.
     """
     from seglab.data import build_dataset
+    from seglab.data.images import set_max_image_pixels
     from seglab.data.transforms import eval_transform
+
+    if config is not None:
+        set_max_image_pixels(config.data.max_image_pixels)  # the run's decompression-bomb limit
 
     if root is None:
         if config is None:
