@@ -12,7 +12,7 @@ from torchvision.models.segmentation.deeplabv3 import ASPP as TorchvisionASPP
 
 from seglab.data.shapes import SHAPE_CLASSES, render_scene
 from seglab.losses import SegmentationLoss
-from seglab.models import count_parameters, create_model
+from seglab.models import MODELS, count_parameters, create_model
 from seglab.models.deeplab_v2 import MSC
 from seglab.nn import SeparableConv2d
 
@@ -95,6 +95,37 @@ def test_deeplabv3_applies_multi_grid_1_2_4_to_block4():
     assert _dilations(block.conv2 for block in layer4) == [2, 4, 8]  # unit rate 2 x (1, 2, 4)
 
 
+def test_deeplabv3_defaults_are_the_papers_multi_grid_and_rates_at_os16():
+    # MODELS.md: multi-grid (1, 2, 4) on block4; ASPP 6/12/18 at OS 16, doubled at OS 8.
+    for name in ("deeplabv3", "deeplabv3plus"):
+        options = MODELS[name].options()
+        assert options["multi_grid"] == (1, 2, 4) and options["rates"] == (6, 12, 18)
+        assert "atrous_rates" not in options
+
+
+def test_deeplabv3_rates_are_given_at_output_stride_16():
+    model = _meta_model("deeplabv3", num_classes=21, output_stride=8, rates=(3, 5, 7))
+    assert _dilations(branch.conv for branch in model.aspp.atrous) == [6, 10, 14]
+
+
+def test_deeplabv3_multi_grid_none_leaves_block4_as_the_backbone_dilates_it():
+    model = _meta_model("deeplabv3", num_classes=21, output_stride=16, multi_grid=None)
+    # timm, like torchvision, gives the first block of a dilated stage the previous dilation
+    assert _dilations(block.conv2 for block in model.encoder.model.layer4) == [1, 2, 2]
+
+
+def test_multi_grid_other_than_the_default_on_a_non_resnet_is_refused():
+    with pytest.raises(ValueError, match="ResNet block4 only"):
+        _meta_model("deeplabv3plus", num_classes=21, encoder="mobilenetv2_100", multi_grid=(1, 2))
+
+
+def test_deeplabv2_msc_adds_no_checkpoint_keys():
+    plain = create_model("deeplabv2", num_classes=3, encoder="resnet18")
+    msc = create_model("deeplabv2", num_classes=3, encoder="resnet18", msc=True)
+    assert list(plain.state_dict()) == list(msc.state_dict())
+    plain.load_state_dict(msc.state_dict())
+
+
 def test_deeplabv2_aspp_has_rates_6_12_18_24_to_classes():
     model = _meta_model("deeplabv2", num_classes=21)
     assert _dilations(model.aspp.branches) == [6, 12, 18, 24]
@@ -123,13 +154,13 @@ def test_deeplabv3plus_separable_uses_separable_convs_in_aspp_and_decoder():
 def test_msc_returns_fused_and_per_scale_logits_in_training():
     torch.manual_seed(0)
     model = create_model("deeplabv2", num_classes=4, encoder="resnet18", msc=True)
-    assert isinstance(model, MSC)
+    assert isinstance(model.msc, MSC)
     x = torch.randn(2, 3, 57, 75)
     out = model.train()(x)
     assert set(out) == {"out", "aux"}
     assert out["out"].shape == (2, 4, 57, 75)
     assert [a.shape for a in out["aux"]] == [(2, 4, 57, 75)] * 3  # scales 1, 0.75, 0.5
-    assert model.aux_weights == [1.0, 1.0, 1.0]
+    assert model.aux_weights == (1.0, 1.0, 1.0)
     # max fusion before a (positive-weight) bilinear upsampling: never below any scale
     for scale_logits in out["aux"]:
         assert (out["out"] >= scale_logits - 1e-5).all()
@@ -143,7 +174,7 @@ def test_aux_head_output_in_training_mode_only(name):
     x = torch.randn(2, 3, 48, 40)
     out = model.train()(x)
     assert out["out"].shape == out["aux"][0].shape == (2, 3, 48, 40)
-    assert model.aux_weights == [0.5]
+    assert model.aux_weights == (0.5,)
     with torch.no_grad():
         assert model.eval()(x).shape == (2, 3, 48, 40)
 

@@ -5,7 +5,15 @@ import torch
 
 from seglab.config import InferenceConfig
 from seglab.inference import predict_probabilities
-from seglab.models import create_model
+from seglab.models import MODELS, create_model
+
+
+def test_unet_default_in_channels_is_the_papers_one():
+    # The paper segments grayscale microscopy; RGB callers pass in_channels=3.
+    model = create_model("unet", num_classes=2)
+    assert model.contracting[0].conv1.conv.in_channels == 1
+    assert model.seglab_spec["in_channels"] == 1
+    assert "in_channels" not in MODELS["unet"].options()
 
 
 def test_valid_unet_maps_a_572_tile_to_388():
@@ -24,7 +32,7 @@ def test_valid_unet_has_23_convolutions():
 
 
 def test_forward_tile_of_a_small_valid_unet_shrinks_by_the_margin():
-    model = create_model("unet", num_classes=2, width=2, depth=2)
+    model = create_model("unet", num_classes=2, in_channels=3, width=2, depth=2)
     # depth 2: 2 pools; in 44: 40 -> 20, 16 -> 8, 4 -> 8 - 4 = 4 ... worked out by output_size
     size = model.tile_input_size(20)
     out = model.forward_tile(torch.randn(1, 3, size, size))
@@ -35,7 +43,7 @@ def test_forward_tile_of_a_small_valid_unet_shrinks_by_the_margin():
 def test_overlap_tile_equals_one_pass_over_the_whole_mirror_padded_image(tile):
     """Tiles see their real neighbours (mirrored only at the image border), so tiling is exact."""
     torch.manual_seed(0)
-    model = create_model("unet", num_classes=3, width=4, depth=2, dropout=0.0).eval()
+    model = create_model("unet", num_classes=3, in_channels=3, width=4, depth=2, dropout=0.0).eval()
     image = torch.randn(1, 3, 53, 71)
     whole = predict_probabilities(model, image, InferenceConfig(mode="whole"))
     tiled = predict_probabilities(
@@ -46,6 +54,6 @@ def test_overlap_tile_equals_one_pass_over_the_whole_mirror_padded_image(tile):
 
 
 def test_same_padding_unet_keeps_odd_sizes():
-    model = create_model("unet", num_classes=2, width=4, padding="same").eval()
+    model = create_model("unet", num_classes=2, in_channels=3, width=4, padding="same").eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 33, 47)).shape == (1, 2, 33, 47)

@@ -6,18 +6,24 @@ Convolutional Nets and Fully Connected CRFs", ICLR 2015.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
 from seglab.encoders import build_encoder, load_torchvision_vgg16
 from seglab.encoders.timm_encoder import Pretrained, vgg16_state_dict
+from seglab.models.base import SegmentationModel
 from seglab.models.registry import register_model
 from seglab.nn import ConvBNAct, resize_to
 
 
-class DeepLabV1(nn.Module):
+@register_model(
+    "deeplabv1",
+    "DeepLab v1 LargeFOV on VGG16 (Chen et al. 2015)",
+    {"num_classes": 21},
+    20_505_429,
+    {"width": 8},
+)
+class DeepLabV1(SegmentationModel):
     """DeepLab-LargeFOV (Chen et al., ICLR 2015): (B, C, H, W) -> (B, num_classes, H, W).
 
     VGG16 whose pool1-3 are 3x3 stride 2 pad 1 and pool4/pool5 3x3 stride 1 pad 1, conv5
@@ -32,8 +38,9 @@ class DeepLabV1(nn.Module):
             returns {"out": (B, K, ~H/8, ~W/8) logits, "aux": []}; seglab's SegmentationLoss
             compares a lower-resolution output with the nearest-downsampled labels.
             Evaluation always returns (B, K, H, W).
-        pretrained: loads torchvision's VGG16 convs and, as the paper does, fc6/fc7 decimated
-            from VGG16's fc6/fc7 (every 4th unit, every 3rd tap of fc6's 7x7 kernel).
+        pretrained: True (torchvision's ImageNet VGG16) or the path of a torchvision vgg16 state
+            dict file: loads the convs and, as the paper does, fc6/fc7 decimated from VGG16's
+            fc6/fc7 (every 4th unit, every 3rd tap of fc6's 7x7 kernel); needs width=64.
 
     Where seglab differs: pools round down (PyTorch) rather than up (Caffe); on the paper's
     crop sizes (8k + 1, e.g. 321) both give the same map sizes.
@@ -46,6 +53,7 @@ class DeepLabV1(nn.Module):
         width: int = 64,
         dropout: float = 0.5,
         downsample_labels: bool = False,
+        pretrained: Pretrained = False,
     ) -> None:
         super().__init__()
         self.encoder = build_encoder("vgg16", in_channels, output_stride=8, width=width)
@@ -62,15 +70,22 @@ class DeepLabV1(nn.Module):
         nn.init.normal_(self.fc8.weight, std=0.01)  # the released prototxt's gaussian filler
         nn.init.zeros_(self.fc8.bias)
         self.label_stride = 8 if downsample_labels else 1
+        if pretrained:
+            self.load_vgg16(pretrained)
 
-    def forward_coarse(self, x: torch.Tensor) -> torch.Tensor:
+    def logits_at_stride_8(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> logits at output stride 8, (B, K, ~H/8, ~W/8)."""
         pool5 = self.encoder(x)[-1]
         fc7 = self.drop7(self.fc7(self.drop6(self.fc6(self.pool5a(pool5)))))
         return self.fc8(fc7)
 
+    def forward_coarse(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits at label_stride: (B, K, ~H/8, ~W/8) if downsample_labels, else (B, K, H, W)."""
+        logits = self.logits_at_stride_8(x)
+        return logits if self.label_stride > 1 else resize_to(logits, x.shape[-2:])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor | list]:
-        logits = self.forward_coarse(x)
+        logits = self.logits_at_stride_8(x)
         if self.training and self.label_stride > 1:
             return {"out": logits, "aux": []}
         return resize_to(logits, x.shape[-2:])
@@ -88,24 +103,3 @@ class DeepLabV1(nn.Module):
             self.fc6.conv.bias.copy_(fc["classifier.0.bias"][::4])
             self.fc7.conv.weight.copy_(fc7[:, :, None, None])
             self.fc7.conv.bias.copy_(fc["classifier.3.bias"][::4])
-
-
-@register_model(
-    "deeplabv1",
-    "DeepLab v1 LargeFOV on VGG16 (Chen et al. 2015)",
-    {"num_classes": 21},
-    20_505_429,
-    {"width": 8},
-)
-def deeplabv1(
-    num_classes: int,
-    in_channels: int = 3,
-    width: int = 64,
-    dropout: float = 0.5,
-    downsample_labels: bool = False,
-    pretrained: bool | str | Path = False,
-) -> DeepLabV1:
-    model = DeepLabV1(num_classes, in_channels, width, dropout, downsample_labels)
-    if pretrained:
-        model.load_vgg16(pretrained)
-    return model
