@@ -179,3 +179,59 @@ def test_damaged_weights_description_is_one_line(tmp_path, capsys):
     assert main(["predict", str(path), str(tmp_path), "--out", str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err
     assert "w.yaml: not valid YAML" in err and err.count("\n") == 1
+
+
+def test_help_imports_no_torch_and_python_m_seglab_runs():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom seglab.cli import main\ntry:\n    main(['--help'])\n"
+        "except SystemExit:\n    pass\nprint('torch' in sys.modules, 'numpy' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines()[-1] == "False False"
+    done = subprocess.run(
+        [sys.executable, "-m", "seglab", "--help"], capture_output=True, text=True, check=True
+    )
+    assert all(name in done.stdout for name in ("predict", "crf-search", "export", "benchmark"))
+
+
+def test_models_verbose_prints_the_class_signature(capsys):
+    import inspect
+
+    from seglab.models import MODELS
+
+    assert main(["models", "-v"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    options = lines[[line.split()[0] for line in lines].index("unet") + 1]
+    # The class's own defaults (UNet's signature), not a builder's copy.
+    unet = inspect.signature(MODELS["unet"].cls).parameters
+    assert f"width={unet['width'].default!r}" in options
+    assert "num_classes" not in options and "in_channels" not in options
+
+
+def test_quiet_draws_no_progress_bar_in_any_command(tmp_path, capsys):
+    data = tmp_path / "shapes"
+    shapes = ["data", "shapes", str(data), "--train", "4", "--val", "2", "--size", "24"]
+    assert main(shapes) == 0
+    assert "shapes train" in capsys.readouterr().err  # without --quiet the bar is drawn
+    config = _tiny_config(tmp_path, data, batch_size=2)
+    run, image = str(tmp_path / "run"), str(data / "images" / "val_00000.png")
+    demo = ["demo", "--data", str(data), "--out", str(tmp_path / "demo")]
+    demo += ["model.options.width=4", "model.options.depth=2", "train.iters=2"]
+    demo += ["train.eval_every=2", "data.batch_size=2", "train.threads=1"]
+    commands = [
+        shapes,
+        ["data", "check", str(data)],
+        ["data", "stats", str(data)],
+        ["train", str(config)],
+        ["eval", run, "--crf", "deeplab-v2"],
+        ["predict", run, image, "--out", str(tmp_path / "p")],
+        ["crf-search", run, "--images", "1", "--w1", "3", "--alpha", "20", "--beta", "3"],
+        demo,
+        ["models"],
+    ]
+    for command in commands:
+        assert main(["--quiet", *command]) == 0, command
+        assert capsys.readouterr().err == "", command
