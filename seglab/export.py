@@ -1,31 +1,32 @@
 """ONNX export of trained weights, checked against PyTorch before anything is written.
 
-The ONNX graph takes `image`: (B, 3, H, W) float32, normalised as in training (ImageNet mean
+The ONNX graph takes `image`: (B, C, H, W) float32, normalised as in training (ImageNet mean
 and std, stored in the file's metadata), and returns `logits`: (B, K, H, W).
 
 Which exporter: the TorchScript-based one (`dynamo=False`) first. It exported every model
 registered when this was written with dynamic batch, height and width, in under a second each;
 the dynamo exporter (torch.export + onnxscript) needed 4-10 s per model and gave up after 90 s
 on U-Net's valid padding, whose input padding is computed by a Python loop over the size.
-Tracing can silently bake a shape-dependent branch into the graph, so every export is run in
-onnxruntime on sizes other than the one it was traced at; a graph that only holds for the
-traced size is exported again with a fixed spatial size (batch still dynamic), by TorchScript
-and then by dynamo (which handles max-unpooling with an output size, where TorchScript cannot).
-If nothing passes, a SeglabError says why each attempt failed. The file is written atomically
-and only after the check passed.
+
+Tracing silently bakes a shape-dependent branch into the graph (a pad taken only when a pooled
+side was odd, at one level of the network), and such a graph holds at the traced size but not
+at another. So a graph with dynamic height and width is run in onnxruntime at the traced size
+and at CHECK_SIZES: sides that are no multiple of any stride a model has, odd at different
+levels of a stride-32 network (97 = odd at 1/1, 131 at 1/1 and 1/2, 100 at 1/4, 150 at 1/2,
+1/4 and 1/16), and written only when every one agrees with PyTorch. Otherwise, and for a
+model whose contract declares `export_fixed_size` (adaptive pooling bins, unpooling by
+indices), the spatial size is fixed at `size` (batch still dynamic), by TorchScript and then
+by dynamo (which handles max-unpooling with an output size, where TorchScript cannot), and
+the report says why. If nothing passes, a SeglabError says why each attempt failed. The file
+is written atomically and only after the check passed.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import os
 import re
-import sys
 import time
-import warnings
-from collections.abc import Iterator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,10 +34,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from seglab.atomic import write_bytes_atomically
 from seglab.errors import SeglabError
+from seglab.models.base import SegmentationModel
+from seglab.nn.fold_batchnorm import input_channels
+from seglab.onnx_graph import LogitsOnly, ort_session, require_onnx, to_onnx
 
 Size = tuple[int, int]
 EXPORTERS = ("auto", "torchscript", "dynamo")
+CHECK_SIZES: tuple[Size, ...] = ((97, 131), (100, 150), (500, 375))
+
+__all__ = ["CHECK_SIZES", "EXPORTERS", "ExportReport", "export_model_onnx", "export_onnx"]
 
 
 @dataclass
@@ -45,6 +53,10 @@ class ExportReport:
 
     dynamic_axes: the input axes that may vary, e.g. ("batch", "height", "width").
     checks: (input shape, max |onnxruntime - PyTorch|) per checked input.
+    logit_scale: max |PyTorch logits| over the checked inputs; each check's limit is
+        atol * max(1, its input's logit scale), since float32 rounding grows with magnitude
+        (an untrained deep network in eval mode can reach logits of 1e5).
+    fixed_size_reason: why height and width are fixed (None when they are dynamic).
     notes: why earlier attempts were dropped (e.g. a traced graph that only held at one size).
     """
 
@@ -57,6 +69,8 @@ class ExportReport:
     checks: list[tuple[tuple[int, ...], float]] = field(default_factory=list)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    fixed_size_reason: str | None = None
+    logit_scale: float = 0.0
 
     @property
     def max_abs_diff(self) -> float | None:
@@ -65,6 +79,9 @@ class ExportReport:
     def summary(self) -> str:
         """A few lines for the command line."""
         axes = ", ".join(self.dynamic_axes) or "none (fixed input shape)"
+        if self.fixed_size_reason and "height" not in self.dynamic_axes:
+            h, w = self.traced_shape[2:]
+            axes += f"; spatial size fixed at {h}x{w}: {self.fixed_size_reason}"
         lines = [
             f"wrote {self.path} ({self.path.stat().st_size / 1e6:.1f} MB): {self.model}, "
             f"{self.exporter} exporter, opset {self.opset}, {self.seconds:.1f} s",
@@ -72,23 +89,15 @@ class ExportReport:
         ]
         if self.checks:
             checked = ", ".join(f"{'x'.join(map(str, s))}: {d:.2e}" for s, d in self.checks)
-            lines.append(f"onnxruntime vs PyTorch, max abs difference: {checked}")
+            lines.append(
+                f"onnxruntime vs PyTorch, max abs difference: {checked} "
+                f"(logits up to {self.logit_scale:.3g})"
+            )
         else:
             lines.append("not checked against onnxruntime (--no-check)")
-        lines += [f"note: {note}" for note in self.notes]
+        reason = self.fixed_size_reason or ""
+        lines += [f"note: {n}" for n in self.notes if n.removeprefix("dropped ") not in reason]
         return "\n".join(lines)
-
-
-class _LogitsOnly(nn.Module):
-    """Eval-mode forward returning the (B, K, H, W) logits tensor, never the training dict."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        out = self.model(image)
-        return out["out"] if isinstance(out, dict) else out
 
 
 @dataclass(frozen=True)
@@ -107,37 +116,18 @@ class _Attempt:
         return f"{self.exporter} with dynamic {', '.join(self.axes) or 'nothing'}"
 
 
-def _odd(n: int) -> int:
-    return max(n | 1, 3)
-
-
-def _plan(size: Size, attempt: _Attempt) -> tuple[tuple[int, ...], list[tuple[int, ...]]]:
-    """(shape traced at, shapes checked). A dynamic graph is traced at an odd size and checked
-    at two others, so a branch taken only for even (or only for odd) sizes cannot hide."""
+def _plan(
+    channels: int, size: Size, check_sizes: Sequence[Size], attempt: _Attempt
+) -> tuple[tuple[int, ...], list[tuple[int, ...]]]:
+    """(shape traced at, shapes checked). A dynamic graph is traced at batch 2 and checked at
+    batch 1, at the traced size and at every check size; a fixed one at batches 1 and 3."""
     h, w = size
     if attempt.spatial_dynamic:
-        traced = (2, 3, _odd(h + h // 4), _odd(w + w // 4))
-        return traced, [(1, 3, h, w), (2, 3, _odd(h - h // 4), _odd(w - w // 4))]
+        others = [(1, channels, *s) for s in dict.fromkeys(map(tuple, check_sizes)) if s != (h, w)]
+        return (2, channels, h, w), [(1, channels, h, w), *others]
     if attempt.batch_dynamic:
-        return (2, 3, h, w), [(1, 3, h, w), (3, 3, h, w)]
-    return (1, 3, h, w), [(1, 3, h, w)]
-
-
-def _require_onnx(check: bool):
-    try:
-        import onnx
-    except ImportError:
-        raise SeglabError("ONNX export needs the onnx extra: pip install 'seglab[onnx]'") from None
-    ort = None
-    if check:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise SeglabError(
-                "checking the export needs onnxruntime: pip install 'seglab[onnx]' "
-                "(or pass check=False / --no-check)"
-            ) from None
-    return onnx, ort
+        return (2, channels, h, w), [(1, channels, h, w), (3, channels, h, w)]
+    return (1, channels, h, w), [(1, channels, h, w)]
 
 
 def _first_line(error: BaseException) -> str:
@@ -148,100 +138,40 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0][:200] if text else ''}"
 
 
-@contextlib.contextmanager
-def _silenced_output() -> Iterator[None]:
-    """Silence stdout and stderr, the C++ level included: on failure the TorchScript exporter
-    prints the whole traced graph (thousands of lines); the reason comes back in the exception."""
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    saved = []
-    try:
-        with open(os.devnull, "w") as devnull:
-            for fd in (1, 2):
-                saved.append((fd, os.dup(fd)))
-                os.dup2(devnull.fileno(), fd)
-            with (
-                contextlib.redirect_stdout(io.StringIO()),
-                contextlib.redirect_stderr(io.StringIO()),
-            ):
-                yield
-    finally:
-        for fd, copy in saved:
-            os.dup2(copy, fd)
-            os.close(copy)
-
-
-def _export_bytes(module: nn.Module, example: torch.Tensor, attempt: _Attempt, opset: int):
-    """Run one exporter; returns the ONNX ModelProto."""
-    import onnx
-
-    axes = {0: "batch"} if attempt.batch_dynamic else {}
-    if attempt.spatial_dynamic:
-        axes |= {2: "height", 3: "width"}
-    with warnings.catch_warnings(), _silenced_output(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        if attempt.exporter == "torchscript":
-            buffer = io.BytesIO()
-            torch.onnx.export(
-                module,
-                (example,),
-                buffer,
-                dynamo=False,
-                opset_version=opset,
-                input_names=["image"],
-                output_names=["logits"],
-                dynamic_axes={"image": axes, "logits": axes} if axes else None,
-                do_constant_folding=True,
-            )
-            return onnx.load_from_string(buffer.getvalue())
-        try:
-            import onnxscript  # noqa: F401
-        except ImportError:
-            raise SeglabError(
-                "the dynamo exporter needs onnxscript: pip install 'seglab[onnx]'"
-            ) from None
-        dims = {i: torch.export.Dim(name, min=1 if i == 0 else 8) for i, name in axes.items()}
-        program = torch.onnx.export(
-            module,
-            (example,),
-            dynamo=True,
-            opset_version=max(opset, 18),  # the dynamo exporter starts at opset 18
-            input_names=["image"],
-            output_names=["logits"],
-            dynamic_shapes={"image": dims} if dims else None,
-            verbose=False,
-            optimize=True,
-        )
-        return program.model_proto
-
-
 def _check(
-    session_bytes: bytes,
-    module: nn.Module,
-    shapes: list[tuple[int, ...]],
-    atol: float,
-    ort,
-) -> list[tuple[tuple[int, ...], float]]:
-    """Max |onnxruntime - PyTorch| per shape; raises ValueError on a mismatch."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 4  # errors come back as exceptions; no console noise
-    session = ort.InferenceSession(session_bytes, options, providers=["CPUExecutionProvider"])
+    graph: bytes, module: nn.Module, shapes: list[tuple[int, ...]], atol: float
+) -> tuple[list[tuple[tuple[int, ...], float]], float]:
+    """(max |onnxruntime - PyTorch| per shape, max |PyTorch logits|); raises ValueError on
+    the first difference over atol * max(1, max |logits|) or a different output shape."""
+    session = ort_session(graph)
     generator = torch.Generator().manual_seed(0)
-    results = []
+    results, scale = [], 0.0
     for shape in shapes:
-        image = torch.randn(shape, generator=generator)
-        with torch.no_grad():
-            expected = module(image).float().numpy()
-        got = session.run(None, {"image": image.numpy()})[0]
         shape_text = "x".join(map(str, shape))
+        image = torch.randn(shape, generator=generator)
+        try:
+            with torch.no_grad():
+                expected = module(image).float().numpy()
+        except Exception as error:
+            raise ValueError(
+                f"PyTorch itself fails at {shape_text}: {_first_line(error)}"
+            ) from None
+        try:
+            got = session.run(None, {"image": image.numpy()})[0]
+        except Exception as error:
+            raise ValueError(f"at {shape_text}: {_first_line(error)}") from None
         if got.shape != expected.shape:
             raise ValueError(f"at {shape_text} gives {got.shape}, PyTorch {expected.shape}")
         diff = float(np.abs(got - expected).max())
-        if not diff < atol:
-            raise ValueError(f"at {shape_text} differs from PyTorch by {diff:.2e} (limit {atol})")
+        magnitude = float(np.abs(expected).max())
+        limit = atol * max(1.0, magnitude)
+        if not diff < limit:
+            raise ValueError(
+                f"at {shape_text} differs from PyTorch by {diff:.2e} (limit {limit:.2e})"
+            )
         results.append((shape, diff))
-    return results
+        scale = max(scale, magnitude)
+    return results, scale
 
 
 def _attempts(dynamic: bool, exporter: str) -> list[_Attempt]:
@@ -250,10 +180,8 @@ def _attempts(dynamic: bool, exporter: str) -> list[_Attempt]:
     if not dynamic:
         order = ["torchscript", "dynamo"] if exporter == "auto" else [exporter]
         return [_Attempt(name, False, False) for name in order]
-    if exporter == "torchscript":
-        return [_Attempt("torchscript", True, True), _Attempt("torchscript", False, True)]
-    if exporter == "dynamo":
-        return [_Attempt("dynamo", True, True), _Attempt("dynamo", False, True)]
+    if exporter in ("torchscript", "dynamo"):
+        return [_Attempt(exporter, True, True), _Attempt(exporter, False, True)]
     # auto: dynamo with dynamic height/width is left out because symbolic shapes in a Python
     # size loop (U-Net valid padding) take minutes to fail; ask for exporter="dynamo" to try.
     return [
@@ -261,6 +189,11 @@ def _attempts(dynamic: bool, exporter: str) -> list[_Attempt]:
         _Attempt("torchscript", False, True),
         _Attempt("dynamo", False, True),
     ]
+
+
+def _declared_fixed_size(model: nn.Module) -> str | None:
+    """The contract's `export_fixed_size` reason; a plain nn.Module declares nothing."""
+    return model.export_fixed_size if isinstance(model, SegmentationModel) else None
 
 
 def export_model_onnx(
@@ -273,43 +206,56 @@ def export_model_onnx(
     exporter: str = "auto",
     atol: float = 1e-4,
     metadata: dict[str, str] | None = None,
+    check_sizes: Sequence[Size] = CHECK_SIZES,
 ) -> ExportReport:
     """Export a model (see export_onnx); `metadata` goes into the file's metadata_props."""
-    onnx, ort = _require_onnx(check)
+    require_onnx(runtime=check)
     start = time.perf_counter()
-    name = getattr(model, "seglab_spec", {}).get("name", type(model).__name__)
-    module = _LogitsOnly(model.float().eval()).eval()
+    spec = getattr(model, "seglab_spec", None)  # a plain nn.Module has none
+    name = spec["name"] if spec else type(model).__name__
+    channels = input_channels(model)
+    module = LogitsOnly(model.float().eval()).eval()
+    attempts = _attempts(dynamic, exporter)
+    declared = _declared_fixed_size(model)
     failures: list[str] = []
+    notes: list[str] = []
+    if declared and any(a.spatial_dynamic for a in attempts):
+        attempts = [a for a in attempts if not a.spatial_dynamic]
+        notes.append(f"no dynamic height and width: {name} declares export_fixed_size")
     torchscript_raised = False  # rather than exporting a graph that failed the check
-    for attempt in _attempts(dynamic, exporter):
+    for attempt in attempts:
         if attempt.exporter == "torchscript" and torchscript_raised and attempt.batch_dynamic:
             # With any dynamic axis TorchScript treats every size as symbolic, so an export
             # that failed with dynamic H/W fails the same way with a dynamic batch only.
             continue
-        traced, shapes = _plan(size, attempt)
+        traced, shapes = _plan(channels, size, check_sizes, attempt)
         example = torch.randn(traced, generator=torch.Generator().manual_seed(1))
         try:
             try:
-                proto = _export_bytes(module, example, attempt, opset)
+                proto = to_onnx(module, example, attempt.exporter, attempt.axes, opset)
             except SeglabError:
                 raise
             except Exception:
                 torchscript_raised |= attempt.exporter == "torchscript"
                 raise
-            for key, value in (metadata or {}).items():
-                entry = proto.metadata_props.add()
-                entry.key, entry.value = key, value
-            data = proto.SerializeToString()
-            checks = _check(data, module, shapes, atol, ort) if check else []
+            checks, scale = (
+                _check(proto.SerializeToString(), module, shapes, atol) if check else ([], 0.0)
+            )
         except SeglabError:
             raise
         except Exception as error:  # any exporter or runtime failure: try the next way
             failures.append(f"{attempt.describe()}: {_first_line(error)}")
             continue
-        from seglab.engine.checkpoint import write_atomically
-
+        reason = None
+        if dynamic and not attempt.spatial_dynamic:
+            reason = declared or f"the dynamic graph failed: {failures[0]}"
+        entries = {**(metadata or {}), **({"fixed_size_reason": reason} if reason else {})}
+        for key, value in entries.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        data = proto.SerializeToString()
         out_path = Path(out_path)
-        write_atomically(out_path, lambda tmp, data=data: Path(tmp).write_bytes(data))
+        write_bytes_atomically(out_path, data)
         opsets = [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")]
         return ExportReport(
             path=out_path,
@@ -320,7 +266,9 @@ def export_model_onnx(
             traced_shape=traced,
             checks=checks,
             seconds=time.perf_counter() - start,
-            notes=[f"dropped {failure}" for failure in failures],
+            notes=notes + [f"dropped {failure}" for failure in failures],
+            fixed_size_reason=reason,
+            logit_scale=scale,
         )
     raise SeglabError(
         f"cannot export {name} to ONNX: " + "; ".join(failures) + " (nothing was written)"
@@ -336,6 +284,7 @@ def export_onnx(
     size: Size = (512, 512),
     exporter: str = "auto",
     atol: float = 1e-4,
+    check_sizes: Sequence[Size] = CHECK_SIZES,
 ) -> ExportReport:
     """Export NAME.safetensors (+ NAME.yaml) to ONNX, check it, and write it atomically.
 
@@ -343,11 +292,13 @@ def export_onnx(
         weights_path: seglab weights; the YAML beside them names the model.
         out_path: the .onnx file (default: the weights path with suffix .onnx).
         dynamic: let batch, height and width vary where the model allows (see the module
-            docstring); a model whose graph only holds at one size gets dynamic batch only,
-            with the spatial size fixed at `size`, and the report says so.
+            docstring); a model that declares `export_fixed_size`, or whose dynamic graph
+            fails a check, gets dynamic batch only with the spatial size fixed at `size`, and
+            the report (and the file's metadata, `fixed_size_reason`) says why.
         opset: ONNX opset for the TorchScript exporter (the dynamo exporter uses >= 18).
-        check: run onnxruntime against PyTorch on two inputs of shapes other than the traced
-            one; a max abs difference >= `atol` (or a different output shape) fails the export.
+        check: run onnxruntime against PyTorch: a dynamic graph at `size` and each of
+            `check_sizes` (H, W), a fixed one at two batch sizes; a max abs difference
+            >= atol * max(1, max |logits|) (or a different output shape) fails that attempt.
         size: (H, W) of the example input; the fixed size when the spatial size cannot vary.
         exporter: "auto", "torchscript" or "dynamo".
 
@@ -355,12 +306,13 @@ def export_onnx(
         An ExportReport; raises SeglabError if the model cannot be exported, saying why.
     """
     from seglab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-    from seglab.engine.checkpoint import load_weights
+    from seglab.weights import load_weights
 
     model, meta = load_weights(weights_path)
+    channels = input_channels(model)
     metadata = {
         "seglab_model": json.dumps({k: meta[k] for k in meta if k != "classes"}),
-        "input": "image: (B, 3, H, W) float32 RGB in 0..1, normalised by mean and std",
+        "input": f"image: (B, {channels}, H, W) float32 in 0..1, normalised by mean and std",
         "normalize_mean": json.dumps(list(IMAGENET_MEAN)),
         "normalize_std": json.dumps(list(IMAGENET_STD)),
         "output": "logits: (B, K, H, W) float32; argmax over K is the label",
@@ -368,61 +320,6 @@ def export_onnx(
     if "classes" in meta:
         metadata["classes"] = json.dumps(meta["classes"])
     out = Path(out_path) if out_path else Path(weights_path).with_suffix(".onnx")
-    return export_model_onnx(model, out, dynamic, opset, check, size, exporter, atol, metadata)
-
-
-def parse_size(text: str) -> Size:
-    """'512x384' -> (512, 384) as (H, W); '512' -> (512, 512)."""
-    try:
-        parts = [int(v) for v in text.lower().split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or min(parts) < 1:
-        raise SeglabError(f"size {text!r} is not HxW, e.g. 512x512")
-    return parts[0], parts[1]
-
-
-def cmd_export(args) -> None:
-    """`seglab export`: print the report."""
-    if args.format != "onnx":
-        raise SeglabError(f"export format {args.format!r} is not supported; use --format onnx")
-    report = export_onnx(
-        args.checkpoint,
-        args.out,
-        dynamic=args.dynamic,
-        opset=args.opset,
-        check=args.check,
-        size=parse_size(args.size),
-        exporter=args.exporter,
+    return export_model_onnx(
+        model, out, dynamic, opset, check, size, exporter, atol, metadata, check_sizes
     )
-    print(report.summary())
-
-
-def add_export_command(subparsers) -> None:
-    """Declare `seglab export CHECKPOINT --format onnx [--dynamic] [--opset N] [--out PATH]`."""
-    import argparse
-
-    parser = subparsers.add_parser("export", help="export weights to ONNX, checked by onnxruntime")
-    parser.add_argument("checkpoint", help="NAME.safetensors (with NAME.yaml beside it)")
-    parser.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
-    parser.add_argument("--out", help="output file (default: the weights path with .onnx)")
-    parser.add_argument(
-        "--dynamic",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="dynamic batch and spatial size where the model allows (default on)",
-    )
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
-    parser.add_argument(
-        "--size", default="512x512", help="example input HxW; the fixed size if not dynamic"
-    )
-    parser.add_argument("--exporter", default="auto", choices=list(EXPORTERS))
-    parser.add_argument(
-        "--check",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="compare onnxruntime with PyTorch on two input shapes (default on)",
-    )
-    parser.set_defaults(func=cmd_export)

@@ -20,10 +20,11 @@ __all__ = ["count_batchnorms", "fold_batchnorm", "input_channels"]
 
 
 def input_channels(model: nn.Module) -> int:
-    """Image channels a model expects: its seglab spec's, else its first conv's."""
+    """Image channels a model expects: its seglab_spec's (create_model sets it), else, for a
+    plain nn.Module, its first conv's."""
     spec = getattr(model, "seglab_spec", None)
-    if spec:
-        return spec.get("in_channels", 3)
+    if spec is not None:
+        return spec["in_channels"]
     first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     return first.in_channels if first is not None else 3
 
