@@ -21,12 +21,8 @@ from seglab.data.images import rgb_array, rgb_uint8
 from seglab.data.transforms import normalize_image
 from seglab.device import resolve_device
 from seglab.errors import SeglabError
+from seglab.models.base import SegmentationModel, main_logits, unwrap
 from seglab.nn import mirror_pad, resize_to
-
-
-def _logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    out = model(x)
-    return out["out"] if isinstance(out, dict) else out
 
 
 def _window_starts(size: int, window: int, stride: int) -> list[int]:
@@ -95,7 +91,7 @@ def slide_probabilities(
     for start in range(0, len(boxes), per_pass):
         chunk = boxes[start : start + per_pass]
         crops = torch.cat([images[..., y : y + wh, x : x + ww] for y, x in chunk])
-        probs = _logits(model, crops).float().softmax(1)  # (len(chunk) * B, K, wh, ww)
+        probs = main_logits(model(crops)).float().softmax(1)  # (len(chunk) * B, K, wh, ww)
         del crops
         if total is None:
             total = images.new_zeros(b, probs.shape[1], ph, pw, dtype=torch.float32)
@@ -133,7 +129,7 @@ def slide_labels(
         for start in range(0, len(xs), per_pass):
             chunk = xs[start : start + per_pass]
             crops = torch.cat([images[..., y : y + wh, x : x + ww] for x in chunk])
-            probs = _logits(model, crops).float().softmax(1)  # (len(chunk) * B, K, wh, ww)
+            probs = main_logits(model(crops)).float().softmax(1)  # (len(chunk) * B, K, wh, ww)
             if band is None:
                 band = probs.new_zeros(b, probs.shape[1], wh, pw)
             for i, x in enumerate(chunk):
@@ -160,8 +156,12 @@ def overlap_tile_probabilities(
     predicted from its real surrounding context (mirrored only at the image border), so the
     tiles join seamlessly. `tile` is the output tile size; by default the whole image.
     """
-    if not hasattr(model, "forward_tile"):
-        return _logits(model, images).float().softmax(1)
+    inner = unwrap(model)
+    if not (isinstance(inner, SegmentationModel) and inner.supports_overlap_tile):
+        raise SeglabError(
+            "inference.mode=overlap_tile needs a model with valid convolutions (U-Net with "
+            f"padding='valid'); {type(inner).__name__} has none: use mode whole or slide"
+        )
     h, w = images.shape[-2:]
     th, tw = tile if tile else (h, w)
     th, tw = min(th, h), min(tw, w)
@@ -191,7 +191,7 @@ def overlap_tile_probabilities(
 
 def _single_scale(model, images: torch.Tensor, cfg: InferenceConfig) -> torch.Tensor:
     if cfg.mode == "whole":
-        return _logits(model, images).float().softmax(1)
+        return main_logits(model(images)).float().softmax(1)
     if cfg.mode == "slide":
         if not cfg.crop_size:
             raise SeglabError("inference.mode=slide needs inference.crop_size=[H,W]")

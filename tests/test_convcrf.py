@@ -54,3 +54,14 @@ def test_even_or_zero_window_and_bad_downsample_raise_seglab_error():
         conv_crf(scores, images, kernel_size=4)
     with pytest.raises(SeglabError, match="downsample"):
         conv_crf(scores, images, downsample=0)
+
+
+def test_convcrf_reads_images_as_dense_crf_does():
+    # A float image in 0..1 is the uint8 image divided by 255 (Segmenter's reading); a float
+    # image in 0..255 is ambiguous and refused, as dense_crf refuses it.
+    image, _, probabilities = _scene(12, 14, 3, 1.5, seed=3)
+    as_uint8 = conv_crf(probabilities[None], image[None], kernel_size=5)
+    as_unit = conv_crf(probabilities[None], image[None].float() / 255, kernel_size=5)
+    torch.testing.assert_close(as_unit, as_uint8)
+    with pytest.raises(SeglabError):
+        conv_crf(probabilities[None], image[None].float(), kernel_size=5)

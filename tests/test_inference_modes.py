@@ -20,6 +20,7 @@ from seglab.inference import (
     slide_labels,
     slide_probabilities,
 )
+from seglab.models import create_model
 from seglab.models.unet import UNet
 
 K = 4
@@ -230,3 +231,10 @@ def test_a_stride_larger_than_the_window_is_a_one_line_error():
     for slide in (slide_probabilities, slide_labels):
         with pytest.raises(SeglabError, match=r"inference.stride \[20, 8\] must be 1..crop_size"):
             slide(model, images, (16, 16), (20, 8), 4)
+
+
+def test_overlap_tile_mode_refuses_a_model_without_valid_convolutions():
+    # It used to fall back to whole-image inference without a word.
+    model = create_model("unet", num_classes=2, in_channels=3, width=4, depth=2, padding="same")
+    with pytest.raises(SeglabError, match="overlap_tile needs a model with valid convolutions"):
+        overlap_tile_probabilities(model.eval(), torch.zeros(1, 3, 16, 16), None)

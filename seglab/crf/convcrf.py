@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from seglab.crf.dense import (
-    check_inputs,
+    crf_images,
     pixel_features,
     symmetric_compatibility,
     unary_from_scores,
@@ -130,7 +130,8 @@ def conv_crf(
 
     Args:
         scores: (B, K, H, W) class probabilities, or logits with `logits=True`.
-        images: (B, 3, H, W) RGB, uint8 or float in 0..255, on the same device.
+        images: (B, 3, H, W) RGB read as dense_crf reads them (uint8 0..255, float 0..1,
+            uint16 0..65535; anything else is a one-line SeglabError).
         preset, iterations, logits, compatibility, **overrides: as in dense_crf.
         kernel_size: odd window size k (11 in the paper).
         downsample: pool features and Q by this factor before filtering (the paper's blur).
@@ -138,7 +139,7 @@ def conv_crf(
     Returns:
         (B, K, H, W) float32 marginals Q.
     """
-    check_inputs(scores, images)
+    images = crf_images(scores, images)
     if kernel_size < 1 or kernel_size % 2 == 0:
         raise SeglabError(f"ConvCRF kernel_size must be odd and >= 1, got {kernel_size}")
     if downsample < 1:
@@ -148,7 +149,6 @@ def conv_crf(
     span = kernel_size // 2
     unary = unary_from_scores(scores, logits)
     compatibility = symmetric_compatibility(compatibility, k, unary)
-    images = images.to(unary.device)
 
     out = torch.empty_like(unary)
     for i in range(b):
