@@ -81,8 +81,8 @@ def load_weights(
     recorded = meta.get("task", "semantic")
     if recorded != task:
         raise SeglabError(
-            f"{path}: weights of a {recorded} model ({meta['name']}, per {meta_path.name}); "
-            f"this needs a {task} model"
+            f"{path}: {meta_path.name} says these are weights of a model for task "
+            f"{recorded!r} ({meta['name']}); this needs task {task!r}"
         )
     try:
         model = create_model(

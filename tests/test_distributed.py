@@ -210,7 +210,7 @@ def test_out_of_memory_in_whole_image_evaluation_falls_back_to_sliding_window(
         return real(model, images, inference)
 
     monkeypatch.setattr(evaluate_module, "predict_probabilities", whole_runs_out_of_memory)
-    model = create_model("unet", num_classes=6, width=4, depth=2, padding="same")
+    model = create_model("unet", num_classes=6, in_channels=3, width=4, depth=2, padding="same")
     dataset = FolderDataset(shapes_root, "val", eval_transform())
     with pytest.warns(UserWarning, match="sliding window"):
         confusion = evaluate_module.evaluate(

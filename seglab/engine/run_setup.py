@@ -1,0 +1,170 @@
+"""What the trainer builds before its first step: settings checked, data, model, loss, loader.
+
+Every user mistake found here is a one-line SeglabError raised before anything is trained.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader, default_collate
+
+from seglab.config import Config
+from seglab.data import build_dataset
+from seglab.data.folder import FolderDataset, check_dataset
+from seglab.data.images import set_max_image_pixels
+from seglab.data.transforms import eval_transform, train_transform
+from seglab.engine.distributed import World
+from seglab.engine.sampler import TrainSampler
+from seglab.errors import SeglabError
+from seglab.losses import SegmentationLoss, dataset_median_frequency_weights
+from seglab.models import SegmentationModel, create_model
+from seglab.models.registry import FIXED_ARGUMENTS
+from seglab.weights import load_state_checked
+
+SIZES_DIFFER = "images of different sizes in one batch ({}); set data.crop_size (e.g. [512, 512])"
+
+
+def check_settings(cfg: Config, world: World) -> None:
+    accumulate, batch = cfg.train.accumulate, cfg.data.batch_size
+    if accumulate < 1 or batch % (world.size * accumulate):
+        raise SeglabError(
+            f"data.batch_size={batch} must split evenly over {world.size} process(es) x "
+            f"train.accumulate={accumulate} micro-batches"
+        )
+    if cfg.train.on_nonfinite not in ("stop", "skip"):
+        raise SeglabError(f"train.on_nonfinite {cfg.train.on_nonfinite!r}: use stop or skip")
+    border = cfg.loss.border_weights
+    if border is not None and set(border) - {"w0", "sigma"}:
+        raise SeglabError(f"loss.border_weights takes w0 and sigma, got {sorted(border)}")
+
+
+def build_datasets(
+    cfg: Config, check: bool = True, progress: bool = True
+) -> tuple[FolderDataset, FolderDataset]:
+    """Train and val datasets of cfg.data, each read once by the label check."""
+    d = cfg.data
+    set_max_image_pixels(d.max_image_pixels)  # the decompression-bomb limit (data/images.py)
+    augment = train_transform(d.crop_size, d.scale_range, d.hflip, augment=d.augment)
+    train_set = build_dataset(d.format, d.root, d.train_split, augment, d.cache)
+    val_set = build_dataset(d.format, d.root, d.val_split, eval_transform(), d.cache)
+    if check:
+        check_dataset(train_set, progress=progress)
+        check_dataset(val_set, progress=progress)
+    return train_set, val_set
+
+
+def image_channels(dataset: FolderDataset) -> int:
+    """Channels of the dataset's images as the readers return them ((H, W, C) or (H, W))."""
+    image, _ = dataset.load(0)
+    return image.shape[2] if image.ndim == 3 else 1
+
+
+def class_weights(cfg: Config, train_set: FolderDataset) -> list[float] | None:
+    weights = cfg.loss.class_weights
+    if weights == "median_frequency":
+        return dataset_median_frequency_weights(train_set, train_set.num_classes).tolist()
+    if isinstance(weights, str):
+        raise SeglabError(f"loss.class_weights {weights!r}: use median_frequency or a list")
+    if weights is not None and len(weights) != train_set.num_classes:
+        raise SeglabError(
+            f"loss.class_weights has {len(weights)} values for {train_set.num_classes} classes"
+        )
+    return weights
+
+
+def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype:
+    name = cfg.train.amp_dtype
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.bfloat16
+    if name not in ("bfloat16", "float16"):
+        raise SeglabError(f"train.amp_dtype {name!r} is not one of: auto, bfloat16, float16")
+    return getattr(torch, name)
+
+
+def memory_format(cfg: Config) -> torch.memory_format:
+    return torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+
+
+def build_model(
+    cfg: Config, train_set: FolderDataset, world: World, device: torch.device, resume: bool
+) -> SegmentationModel:
+    """cfg's model for the dataset's classes and image channels, on `device`, SyncBN where
+    asked, initialised from model.init_weights on a fresh start (a resume has its own)."""
+    for fixed in FIXED_ARGUMENTS:  # before the call: Python would reject it with a TypeError
+        if fixed in cfg.model.options:
+            raise SeglabError(
+                f"model.options.{fixed}: seglab takes it from the dataset (classes.txt and its "
+                "images); remove it from the config"
+            )
+    channels = image_channels(train_set)
+    model = create_model(cfg.model.name, train_set.num_classes, channels, **cfg.model.options)
+    if cfg.model.init_weights and not resume:
+        init_path = Path(cfg.model.init_weights)
+        if not init_path.is_file():
+            raise SeglabError(f"model.init_weights: {init_path} does not exist")
+        load_state_checked(model, load_file(str(init_path)), init_path, cfg.model.name)
+    if cfg.train.sync_bn and world.distributed:
+        if device.type == "cpu":  # PyTorch's SyncBatchNorm runs on GPUs only
+            warnings.warn(
+                "train.sync_bn needs CUDA; on the CPU each process keeps its own BN", stacklevel=2
+            )
+        else:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same object
+    model.to(device)
+    model.to(memory_format=memory_format(cfg))
+    return model
+
+
+def build_loss(
+    cfg: Config, model: SegmentationModel, weights: list[float] | None, device: torch.device
+) -> SegmentationLoss:
+    """CE on the main output plus the model's auxiliary outputs, weighted by the model's
+    `aux_weights` unless loss.aux_weights gives one weight per auxiliary output."""
+    aux_weights = model.aux_weights
+    if cfg.loss.aux_weights is not None:
+        if len(cfg.loss.aux_weights) != len(aux_weights):
+            raise SeglabError(
+                f"loss.aux_weights has {len(cfg.loss.aux_weights)} values but "
+                f"{cfg.model.name} has {len(aux_weights)} auxiliary outputs; give "
+                f"{len(aux_weights)} weights or remove loss.aux_weights"
+            )
+        aux_weights = tuple(cfg.loss.aux_weights)
+    # With U-Net's border weights the class weights become its w_c term inside w(x).
+    border = cfg.loss.border_weights is not None
+    return SegmentationLoss(None if border else weights, aux_weights).to(device)
+
+
+def collate_same_size(samples: list[tuple[torch.Tensor, torch.Tensor]]):
+    """default_collate, with a one-line error when the images cannot be stacked."""
+    sizes = sorted({tuple(image.shape[-2:]) for image, _ in samples})
+    if len(sizes) > 1:
+        raise SeglabError(SIZES_DIFFER.format(" and ".join(f"{w}x{h}" for h, w in sizes[:2])))
+    return default_collate(samples)
+
+
+def build_loader(
+    cfg: Config, train_set: FolderDataset, world: World, device: torch.device, step: int
+) -> DataLoader:
+    """Micro-batches of this rank's slice of every global batch, from `step` on."""
+    batch = cfg.data.batch_size
+    return DataLoader(
+        train_set,
+        batch_size=batch // (world.size * cfg.train.accumulate),
+        sampler=TrainSampler(len(train_set), batch, cfg.train.seed, step, world.rank, world.size),
+        num_workers=cfg.data.num_workers,
+        pin_memory=device.type == "cuda",
+        collate_fn=collate_same_size,
+        generator=torch.Generator(),  # keeps DataLoader off the global RNG (exact resume)
+    )
+
+
+def next_batch(batches) -> tuple[torch.Tensor, torch.Tensor]:
+    """The next micro-batch; a SeglabError raised in a loader worker stays one line."""
+    try:
+        return next(batches)
+    except SeglabError as error:  # a worker's error comes back with its traceback inside
+        raise SeglabError(str(error).strip().splitlines()[-1].split("SeglabError: ")[-1]) from None
