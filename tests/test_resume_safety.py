@@ -218,6 +218,9 @@ def test_weights_are_written_without_stray_temporary_files(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors", "w.yaml"]
     model, _ = load_weights(path)
     assert model.seglab_spec["in_channels"] == 3
+    import seglab
+
+    assert seglab.save_weights is save_weights and seglab.load_weights is load_weights
 
 
 # --- the trainer's one-line errors ----------------------------------------------------------
