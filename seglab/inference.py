@@ -267,6 +267,12 @@ class Segmenter:
         inference: InferenceConfig | None = None,
         crf: str | None = None,
     ) -> None:
+        channels = getattr(unwrap(model), "seglab_spec", {}).get("in_channels", 3)
+        if channels != 3:
+            raise SeglabError(
+                f"Segmenter feeds RGB images but this model takes {channels} input channels; "
+                "build it with in_channels=3, or call the model on your own tensors"
+            )
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.classes = classes

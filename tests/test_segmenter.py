@@ -21,7 +21,7 @@ UNET = {"width": 4, "depth": 2, "padding": "same", "batch_norm": True}
 def weights(tmp_path_factory):
     """A 4-class U-Net with non-trivial BN statistics, written with save_weights."""
     torch.manual_seed(0)
-    model = create_model("unet", num_classes=4, **UNET)
+    model = create_model("unet", num_classes=4, in_channels=3, **UNET)
     generator = torch.Generator().manual_seed(1)
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
@@ -156,3 +156,10 @@ def test_crf_option_refines_probabilities_and_rejects_unknown_preset(weights, im
     np.testing.assert_allclose(probs, expected, atol=1e-5)
     assert probs.flags["C_CONTIGUOUS"]  # dense_crf's output is channels-last
     np.testing.assert_array_equal(refined.predict(image), expected.argmax(0))
+
+
+def test_segmenter_refuses_a_model_that_does_not_take_rgb_up_front():
+    # A 1-channel U-Net used to fail on every image inside predict, one traceback each.
+    model = create_model("unet", num_classes=2, in_channels=1, width=4, depth=2)
+    with pytest.raises(SeglabError, match="takes 1 input channels"):
+        Segmenter(model)
