@@ -106,7 +106,9 @@ def test_fold_batchnorm_keeps_the_activation_of_timm_batchnorm_act():
 
 
 def test_benchmark_reports_sane_fields():
-    model = create_model("unet", num_classes=3, width=4, depth=2, padding="same", batch_norm=True)
+    model = create_model(
+        "unet", num_classes=3, in_channels=3, width=4, depth=2, padding="same", batch_norm=True
+    )
     variants = ("eager", "channels_last", "bn_folded", "onnxruntime")
     report = benchmark(model, size=(32, 48), batch=2, repeats=3, warmup=1, variants=variants)
     assert report["parameters"] == count_parameters(model)
@@ -133,3 +135,33 @@ def test_cli_benchmark_prints_table_and_rejects_unknown_variant(capsys):
     assert "GFLOPs per image" in printed and "| bn_folded |" in printed
     assert main([*args, "1", "--variants", "eager,turbo"]) == 2
     assert "unknown variant 'turbo'" in capsys.readouterr().err
+
+
+def test_cli_benchmark_takes_a_run_directory(tmp_path, capsys):
+    from seglab.weights import save_weights
+
+    run = tmp_path / "run"
+    run.mkdir()
+    save_weights(create_model("fcn32s", 3, 3, width=8), run / "best.safetensors")
+    args = ["benchmark", str(run), "--size", "32x32", "--repeats", "1", "--warmup", "1"]
+    assert main(args) == 0
+    assert capsys.readouterr().out.startswith("fcn32s {'width': 8}: ")
+    assert main(["benchmark", str(tmp_path / "nothing")]) == 2
+    assert "nothing" in capsys.readouterr().err
+
+
+def test_benchmark_uses_only_public_names_of_other_seglab_modules():
+    import ast
+    import inspect
+
+    import seglab.benchmark
+
+    tree = ast.parse(inspect.getsource(seglab.benchmark))
+    private = [
+        f"{node.module}.{alias.name}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("seglab")
+        for alias in node.names
+        if alias.name.startswith("_")
+    ]
+    assert private == []
