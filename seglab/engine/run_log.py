@@ -79,6 +79,8 @@ def restart_run_dir(run_dir: Path, step: int | None, resuming: bool) -> None:
     """Put run_dir back to the state of an uninterrupted run at `step` (None: no checkpoint,
     the run starts from step 0 and whatever a killed start wrote goes)."""
     remove_temporaries(run_dir)
+    if (run_dir / TENSORBOARD).is_dir():  # a kill while merging the event files
+        remove_temporaries(run_dir / TENSORBOARD)
     if step is not None:
         truncate_log(run_dir / METRICS, step)
         merge_events(run_dir / TENSORBOARD, step)
