@@ -7,27 +7,18 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from seglab.cli.options import parse_size
 from seglab.errors import SeglabError
 
-Size = tuple[int, int]
+
+def _size(text: str, option: str) -> tuple[int, int]:
+    h, w = parse_size(text, option)
+    return h, w
 
 
-def parse_size(text: str) -> Size:
-    """'512x384' -> (512, 384) as (H, W); '512' -> (512, 512)."""
-    try:
-        parts = [int(v) for v in text.lower().split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or min(parts) < 1:
-        raise SeglabError(f"size {text!r} is not HxW, e.g. 512x512")
-    return parts[0], parts[1]
-
-
-def parse_sizes(text: str) -> list[Size]:
+def _sizes(text: str, option: str) -> list[tuple[int, int]]:
     """'97x131,100x150' -> [(97, 131), (100, 150)]."""
-    return [parse_size(part) for part in text.split(",") if part.strip()]
+    return [_size(part, option) for part in text.split(",") if part.strip()]
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -44,9 +35,9 @@ def cmd_export(args: argparse.Namespace) -> None:
         dynamic=args.dynamic,
         opset=args.opset,
         check=args.check,
-        size=parse_size(args.size),
+        size=_size(args.size, "--size"),
         exporter=args.exporter,
-        check_sizes=parse_sizes(args.check_sizes),
+        check_sizes=_sizes(args.check_sizes, "--check-sizes"),
     )
     print(report.summary())
 
@@ -106,7 +97,7 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
         options[key] = yaml.safe_load(value)
     report = benchmark(
         args.model,
-        size=parse_size(args.size),
+        size=_size(args.size, "--size"),
         batch=args.batch,
         device=args.device,
         repeats=args.repeats,
@@ -162,4 +153,4 @@ def add_commands(commands) -> None:
     )
 
 
-__all__ = ["add_commands", "parse_size", "parse_sizes"]
+__all__ = ["add_commands"]
