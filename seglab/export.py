@@ -286,10 +286,11 @@ def export_onnx(
     atol: float = 1e-4,
     check_sizes: Sequence[Size] = CHECK_SIZES,
 ) -> ExportReport:
-    """Export NAME.safetensors (+ NAME.yaml) to ONNX, check it, and write it atomically.
+    """Export a run's weights to ONNX, check it, and write it atomically.
 
     Args:
-        weights_path: seglab weights; the YAML beside them names the model.
+        weights_path: a run directory (its best.safetensors) or NAME.safetensors; the YAML
+            beside the weights names the model.
         out_path: the .onnx file (default: the weights path with suffix .onnx).
         dynamic: let batch, height and width vary where the model allows (see the module
             docstring); a model that declares `export_fixed_size`, or whose dynamic graph
@@ -306,8 +307,10 @@ def export_onnx(
         An ExportReport; raises SeglabError if the model cannot be exported, saying why.
     """
     from seglab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from seglab.runs import resolve_run
     from seglab.weights import load_weights
 
+    weights_path, _ = resolve_run(weights_path)
     model, meta = load_weights(weights_path)
     channels = input_channels(model)
     metadata = {

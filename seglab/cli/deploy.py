@@ -24,13 +24,11 @@ def _sizes(text: str, option: str) -> list[tuple[int, int]]:
 def cmd_export(args: argparse.Namespace) -> None:
     """`seglab export RUN`: write RUN's weights as ONNX and print the report."""
     from seglab.export import export_onnx
-    from seglab.runs import resolve_run
 
     if args.format != "onnx":
         raise SeglabError(f"export format {args.format!r} is not supported; use --format onnx")
-    weights, _ = resolve_run(args.run)
     report = export_onnx(
-        weights,
+        args.run,
         args.out,
         dynamic=args.dynamic,
         opset=args.opset,
