@@ -106,7 +106,9 @@ def test_training_returns_main_and_two_aux_outputs_weighted_one():
 
 def test_speed_protocol_trains_at_one_eighth_against_downsampled_labels():
     torch.manual_seed(0)
-    model = create_model("bisenet", 4, speed=True, **MODELS["bisenet"].small_options).train()
+    model = create_model(
+        "bisenet", 4, downsample_labels=True, **MODELS["bisenet"].small_options
+    ).train()
     assert model.label_stride == 8
     x = torch.randn(2, 3, 64, 80)
     out = model(x)

@@ -178,9 +178,10 @@ class BiSeNet(SegmentationModel):
             "resnet101s" (deep stem 64, 64, 128: TorchSeg's R101 "v1c").
         head_channels / aux_head_channels: mid channels of the main / auxiliary heads
             (code: X39 64 / 128, R18 64 / 256, R101 256 / 256).
-        speed: the `.speed` protocol: heads stay at 1/8 (the 1/16 aux upsampled x2) and the
-            loss is taken against nearest-downsampled labels, so `label_stride` is 8 and a
-            training forward returns (B, K, ~H/8, ~W/8) outputs. Eval upsamples to (H, W).
+        downsample_labels: TorchSeg's `.speed` protocol: heads stay at 1/8 (the 1/16 aux
+            upsampled x2) and the loss is taken against nearest-downsampled labels, so
+            `label_stride` is 8 and a training forward returns (B, K, ~H/8, ~W/8) outputs.
+            Eval upsamples to (H, W). (The protocol's 768x1536 input is the recipe's.)
         align_corners: TorchSeg upsamples with align_corners=True (default); False is the
             rest of seglab's convention (and MMSeg uses nearest in the context path).
         pretrained: for the ResNets timm's weights (True) or a file; for Xception39 only a
@@ -202,7 +203,7 @@ class BiSeNet(SegmentationModel):
         context_path: str = "xception39",
         head_channels: int = 64,
         aux_head_channels: int = 128,
-        speed: bool = False,
+        downsample_labels: bool = False,
         align_corners: bool = True,
         pretrained: bool | str | Path = False,
     ) -> None:
@@ -233,8 +234,7 @@ class BiSeNet(SegmentationModel):
         self.aux_head16 = BiSeNetHead(width, aux_head_channels, num_classes)
         self.aux_head8 = BiSeNetHead(width, aux_head_channels, num_classes)
         self.aux_weights = (1.0, 1.0)
-        self.speed = speed
-        self.label_stride = 8 if speed else 1
+        self.label_stride = 8 if downsample_labels else 1
         self.align_corners = align_corners
         for name, module in self.named_modules():
             if name.startswith("encoder") and context_path != "xception39":
@@ -256,13 +256,15 @@ class BiSeNet(SegmentationModel):
         return self.ffm(spatial, context8), context16, context8
 
     def forward_coarse(self, x: torch.Tensor) -> torch.Tensor:
-        """Main logits at 1/8: (B, K, ~H/8, ~W/8), in every mode."""
+        """Main logits at `label_stride`: (B, K, ~H/8, ~W/8) with downsample_labels."""
+        if self.label_stride == 1:
+            return super().forward_coarse(x)
         return self.head(self.features(x)[0])
 
     def forward(self, x: torch.Tensor) -> Logits:
         fused, context16, context8 = self.features(x)
         out = self.head(fused)
-        size = out.shape[-2:] if self.training and self.speed else x.shape[-2:]
+        size = out.shape[-2:] if self.training and self.label_stride > 1 else x.shape[-2:]
         out = upsample(out, size, self.align_corners)
         if not self.training:
             return out
