@@ -70,6 +70,9 @@ class LossConfig:
     # U-Net's w(x) = w_c(x) + w0 exp(-(d1 + d2)^2 / (2 sigma^2)), objects = connected
     # components of each class; e.g. {w0: 10, sigma: 5}. class_weights become w_c.
     border_weights: dict[str, float] | None = None
+    # BiSeNet's online hard example mining on every CE term, e.g. {thresh: 0.7, min_kept: N}:
+    # pixels whose true-class probability is <= thresh, at least min_kept (losses_ohem.py).
+    ohem: dict[str, float] | None = None
 
 
 @dataclass

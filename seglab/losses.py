@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from seglab.data.labels import IGNORE_INDEX
+from seglab.losses_ohem import ohem_cross_entropy
 from seglab.losses_unet import BorderWeightedCrossEntropy
 
 
@@ -62,8 +63,11 @@ class SegmentationLoss(torch.nn.Module):
         class_weights: Sequence[float] | None = None,
         aux_weights: Sequence[float] = (),
         ignore_index: int = IGNORE_INDEX,
+        ohem: dict[str, float] | None = None,
     ) -> None:
+        """ohem: {thresh, min_kept}: every CE term becomes BiSeNet's OHEM (losses_ohem.py)."""
         super().__init__()
+        self.ohem = dict(ohem) if ohem else None
         weight = (
             None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
         )
@@ -83,6 +87,14 @@ class SegmentationLoss(torch.nn.Module):
                 ]
         if pixel_weights is not None:  # U-Net's w(x): the class term is already inside
             return BorderWeightedCrossEntropy(self.ignore_index)(logits, target, pixel_weights)
+        if self.ohem is not None:
+            return ohem_cross_entropy(
+                logits,
+                target,
+                **self.ohem,
+                weight=self.class_weights,
+                ignore_index=self.ignore_index,
+            )
         return F.cross_entropy(
             logits.float(), target, weight=self.class_weights, ignore_index=self.ignore_index
         )

@@ -135,7 +135,13 @@ def build_loss(
         aux_weights = tuple(cfg.loss.aux_weights)
     # With U-Net's border weights the class weights become its w_c term inside w(x).
     border = cfg.loss.border_weights is not None
-    return SegmentationLoss(None if border else weights, aux_weights).to(device)
+    ohem = cfg.loss.ohem
+    if ohem is not None and (border or set(ohem) - {"thresh", "min_kept"}):
+        raise SeglabError(
+            f"loss.ohem {ohem}: give only thresh and min_kept, e.g. {{thresh: 0.7, min_kept: "
+            "100000}, and not together with loss.border_weights"
+        )
+    return SegmentationLoss(None if border else weights, aux_weights, ohem=ohem).to(device)
 
 
 def collate_same_size(samples: list[tuple[torch.Tensor, torch.Tensor]]):
