@@ -211,6 +211,10 @@ def _train(
         trainer.load_state_dict(state, resume_path)
         step, best_miou = state["step"], state["best_miou"]
         set_rng_state(state["rng"])
+    # State fitted from the training labels (DUpsampling's W), unless a checkpoint holds it.
+    fit_from_data = getattr(model, "fit_from_data", None)
+    if fit_from_data is not None and (report := fit_from_data(train_set, val_set)) and progress:
+        tqdm.write(report)
     trainer.wrap()
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -42,6 +42,11 @@ Declared properties (instance attributes with the defaults below; set them in __
 - `task`: "semantic" (every pixel a class); "instance" models return boxes, masks, labels and
   scores. The task is recorded in the weights file, so weights of one task never load as the
   other.
+- `inputs` ("image", "depth"): forward still takes one tensor, (B, C + 1, H, W) with the
+  normalised depth as the last channel (seglab/data/depth.py); in_channels counts it.
+- `fit_from_data(train_set, val_set)`: optional method for state fitted from the labels before
+  training (DUpsampling's W, kept in buffers so weights files store it); the trainer calls it
+  after any resume, the model skips it when already fitted, and it returns a report line or None.
 - `seglab_spec`: set by create_model: {"name", "num_classes", "in_channels", "options", "task"},
   what a weights file records so the model is rebuilt without the training config.
 
