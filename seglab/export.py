@@ -213,6 +213,11 @@ def export_model_onnx(
     start = time.perf_counter()
     spec = getattr(model, "seglab_spec", None)  # a plain nn.Module has none
     name = spec["name"] if spec else type(model).__name__
+    if isinstance(model, SegmentationModel) and model.task != "semantic":
+        raise SeglabError(
+            f"cannot export {name} to ONNX: it is an {model.task} model, and the export writes "
+            "a graph returning semantic logits (B, K, H, W)"
+        )
     channels = input_channels(model)
     module = LogitsOnly(model.float().eval()).eval()
     attempts = _attempts(dynamic, exporter)

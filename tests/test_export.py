@@ -42,13 +42,16 @@ def randomized(model: nn.Module) -> nn.Module:
 
 
 def write_weights(tmp_path, name: str, num_classes: int = 3, **options):
+    """Small weights of a registered model with its default input channels (U-Net's 1,
+    ACNet's RGB + depth 4)."""
     torch.manual_seed(0)
     options = {**MODELS[name].small_options, **options}
-    model = randomized(create_model(name, num_classes=num_classes, in_channels=3, **options))
+    model = randomized(create_model(name, num_classes=num_classes, **options))
     return save_weights(model, tmp_path / f"{name}.safetensors"), model
 
 
-CASES = [(name, {}) for name in sorted(MODELS)] + [("unet", {"padding": "same"})]
+SEMANTIC = sorted(name for name, info in MODELS.items() if info.cls.task == "semantic")
+CASES = [(name, {}) for name in SEMANTIC] + [("unet", {"padding": "same"})]
 # Fixed-size exports with a dynamic batch go through dynamo (TorchScript cannot): 15-30 s each.
 DYNAMO_EXPORTS = {"pspnet", "segnet", "unet"}
 
@@ -70,6 +73,7 @@ def test_every_model_exports_dynamic_with_parity_or_fixed_with_its_declared_reas
 ):
     weights, model = write_weights(tmp_path, name, **options)
     declared = model.export_fixed_size if isinstance(model, SegmentationModel) else None
+    c = model.seglab_spec["in_channels"]
     out = tmp_path / f"{name}.onnx"
     report = export_onnx(weights, out, size=SIZE, check_sizes=CHECK_SIZES)
     assert out.is_file() and report.path == out
@@ -83,17 +87,17 @@ def test_every_model_exports_dynamic_with_parity_or_fixed_with_its_declared_reas
     if declared is None:  # the contract says the graph takes any H and W: it must
         assert report.dynamic_axes == ("batch", "height", "width"), report.notes
         assert report.fixed_size_reason is None and "fixed_size_reason" not in meta
-        assert checked_shapes == [(1, 3, *SIZE)] + [(1, 3, *s) for s in CHECK_SIZES]
+        assert checked_shapes == [(1, c, *SIZE)] + [(1, c, *s) for s in CHECK_SIZES]
         h, w = THIRD
     else:  # fixed at SIZE, checked at two other batch sizes, the reason said and recorded
         assert report.dynamic_axes == ("batch",)
         assert report.fixed_size_reason == declared == meta["fixed_size_reason"]
         assert "\n" not in declared and declared in report.summary()
-        assert checked_shapes == [(1, 3, *SIZE), (3, 3, *SIZE)]
+        assert checked_shapes == [(1, c, *SIZE), (3, c, *SIZE)]
         h, w = SIZE
     # The file stands on its own: a fresh session agrees with PyTorch on a new shape.
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    image = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(2))
+    image = torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(2))
     logits = session.run(None, {"image": image.numpy()})[0]
     with torch.no_grad():
         expected = model.eval()(image).numpy()
@@ -112,6 +116,15 @@ def test_same_padded_unet_exports_dynamic_and_holds_at_the_sizes_that_broke_it(t
     assert report.dynamic_axes == ("batch", "height", "width"), report.notes
     assert [shape[2:] for shape, _ in report.checks] == [(64, 64), *sizes]
     assert report.max_abs_diff < 1e-4
+
+
+@pytest.mark.parametrize("name", sorted(set(MODELS) - set(SEMANTIC)))
+def test_instance_model_is_refused_in_one_line(name, tmp_path):
+    model = create_model(name, num_classes=3, **MODELS[name].small_options)
+    out = tmp_path / "never.onnx"
+    with pytest.raises(SeglabError, match=rf"^cannot export {name} to ONNX: it is an instance"):
+        export_model_onnx(model, out, size=SIZE)
+    assert not out.exists()
 
 
 class ShapeBranch(nn.Module):
