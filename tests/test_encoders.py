@@ -119,3 +119,93 @@ def test_taps_are_placed_by_stride_and_survive_deepcopy():
     assert [64 // f.shape[-1] for f in features] == encoder.strides
     for a, b in zip(features, cloned, strict=True):
         torch.testing.assert_close(a, b)
+
+
+# --- pretrained: true without a network (issue 13) --------------------------------------------
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every connection fails at once and nothing is in the weights caches; the calls that
+    would download are recorded, so a test sees that no download (and no retry) started."""
+    import huggingface_hub
+    import torch.hub
+    from torchvision.models._api import WeightsEnum
+
+    from seglab.encoders import download
+
+    attempts = {"connect": 0, "download": 0}
+
+    def refuse(*args, **kwargs):
+        attempts["connect"] += 1
+        raise OSError("[Errno 101] Network is unreachable")
+
+    def download_called(*args, **kwargs):
+        attempts["download"] += 1
+        raise AssertionError("a download was started")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(download.urllib.request, "getproxies", dict)
+    monkeypatch.setattr(download.socket, "create_connection", refuse)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: "/nonexistent-seglab-hub")
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", download_called)
+    real_create_model = timm.create_model
+
+    def create_model(name, pretrained=False, **kwargs):
+        if pretrained:
+            download_called()
+        return real_create_model(name, pretrained=False, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", create_model)
+    return attempts
+
+
+@pytest.mark.parametrize(
+    ("name", "weights"),
+    [("resnet18", "timm resnet18 (huggingface.co/timm/resnet18"), ("vgg16", "VGG16_Weights")],
+)
+def test_pretrained_without_network_is_one_line_before_any_download(no_network, name, weights):
+    with pytest.raises(SeglabError) as error:
+        build_encoder(name, pretrained=True)
+    message = str(error.value)
+    assert "\n" not in message and weights in message
+    assert "cannot reach" in message and "pretrained=PATH" in message
+    assert no_network == {"connect": 1, "download": 0}
+
+
+def test_segnet_pretrained_without_network_names_vgg16_bn(no_network):
+    from seglab.models import create_model
+
+    with pytest.raises(SeglabError, match=r"VGG16_BN_Weights.*pretrained=PATH"):
+        create_model("segnet", num_classes=3, width=8, pretrained=True)
+    assert no_network["download"] == 0
+
+
+def test_hf_hub_offline_refuses_uncached_weights_without_connecting(no_network, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SeglabError, match="not cached and HF_HUB_OFFLINE is set"):
+        build_encoder("resnet18", pretrained=True)
+    assert no_network == {"connect": 0, "download": 0}
+
+
+def test_a_download_that_fails_after_connecting_is_one_line(no_network, monkeypatch):
+    from urllib.error import URLError
+
+    from seglab.encoders import download
+
+    class Connection:
+        def close(self) -> None:
+            pass
+
+    def fails(*args, **kwargs):
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(download.socket, "create_connection", lambda *a, **k: Connection())
+    monkeypatch.setattr(timm, "create_model", fails)
+    with pytest.raises(SeglabError) as error:
+        build_encoder("resnet18", pretrained=True)
+    message = str(error.value)
+    assert "\n" not in message
+    assert "cannot download the pretrained weights timm resnet18" in message
+    assert "Temporary failure in name resolution" in message and "pretrained=PATH" in message

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from seglab.encoders.base import Encoder
+from seglab.encoders.download import fetch_pretrained, timm_source, torchvision_state_dict
 from seglab.encoders.vgg import VGG16, load_torchvision_vgg16
 from seglab.errors import SeglabError
 
@@ -69,6 +70,7 @@ class TimmEncoder(Encoder):
             options["output_stride"] = output_stride
         if out_indices is not None:
             options["out_indices"] = tuple(out_indices)
+        download = pretrained is True  # not a local file: fetched over the network
         if isinstance(pretrained, str | os.PathLike):
             path = Path(pretrained)
             if not path.is_file():
@@ -80,7 +82,12 @@ class TimmEncoder(Encoder):
             pretrained = True
         self.name = name
         self.output_stride = output_stride
-        self.model = timm.create_model(name, pretrained=bool(pretrained), **options)
+        if download:
+            self.model = fetch_pretrained(
+                *timm_source(name), lambda: timm.create_model(name, pretrained=True, **options)
+            )
+        else:
+            self.model = timm.create_model(name, pretrained=bool(pretrained), **options)
         info = self.model.feature_info
         self.channels = list(info.channels())
         self.strides = [min(reduction, output_stride) for reduction in info.reduction()]
@@ -230,7 +237,7 @@ def vgg16_state_dict(pretrained: Pretrained) -> dict[str, torch.Tensor]:
     if pretrained is True:
         from torchvision.models import VGG16_Weights
 
-        return VGG16_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
+        return torchvision_state_dict(VGG16_Weights.IMAGENET1K_V1)
     return load_state_dict_file(pretrained)
 
 

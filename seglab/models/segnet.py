@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seglab.encoders import VGG16, load_state_dict_file, load_torchvision_vgg16
+from seglab.encoders.download import torchvision_state_dict
 from seglab.models.base import SegmentationModel
 from seglab.models.registry import register_model
 from seglab.nn import ConvBNAct
@@ -139,7 +140,7 @@ class SegNet(SegmentationModel):
         if pretrained is True:
             from torchvision.models import VGG16_BN_Weights
 
-            state = VGG16_BN_Weights.IMAGENET1K_V1.get_state_dict(progress=True)
+            state = torchvision_state_dict(VGG16_BN_Weights.IMAGENET1K_V1)
         else:
             state = load_state_dict_file(pretrained)
         load_torchvision_vgg16(self.encoder, state)
