@@ -97,3 +97,45 @@ def test_convert_command_writes_seglab_weights_that_segmenter_loads(tmp_path, ca
         expected = reference(normalize_image((image * 255).round().to(torch.uint8))[None])
     assert abs(probs - expected["out"].softmax(1)[0].numpy()).max() < 1e-4
     assert main(["convert", str(tmp_path / "missing.pth"), "--out", str(out)]) == 2
+
+
+@pytest.mark.parametrize("name", ["deeplabv3_resnet50", "deeplabv3_mobilenet_v3_large"])
+def test_safetensors_and_a_shuffled_pth_convert_by_name_to_the_same_logits(tmp_path, name):
+    import random
+
+    from safetensors.torch import save_file
+
+    reference = _torchvision_model(name)
+    state = reference.state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "tv.safetensors"))
+    keys = list(state)
+    random.Random(0).shuffle(keys)  # a position-matching converter would pair wrong tensors
+    torch.save({k: state[k] for k in keys}, tmp_path / "shuffled.pth")
+
+    x = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        expected = reference(x)["out"]
+        logits = [
+            load_torchvision_checkpoint(tmp_path / file)(x)
+            for file in ("tv.safetensors", "shuffled.pth")
+        ]
+    assert (logits[0] - expected).abs().max() < 1e-4
+    assert torch.equal(logits[0], logits[1])
+
+
+def test_a_tensor_of_the_wrong_shape_is_named_with_the_cause():
+    state = _torchvision_model("fcn_resnet50", num_classes=3).state_dict()
+    state["backbone.layer2.0.conv1.weight"] = torch.zeros(64, 256, 1, 1)  # torchvision: 128
+    with pytest.raises(SeglabError) as error:
+        load_torchvision_checkpoint(state)
+    message = str(error.value)
+    assert "\n" not in message
+    assert "backbone.layer2.0.conv1.weight has shape (64, 256, 1, 1)" in message
+    assert "(128, 256, 1, 1)" in message and "not the architecture" in message
+
+
+def test_a_tensor_torchvision_does_not_have_is_named():
+    state = _torchvision_model("fcn_resnet50", num_classes=3, aux=False).state_dict()
+    state["backbone.layer5.0.conv1.weight"] = torch.zeros(1)
+    with pytest.raises(SeglabError, match=r"backbone\.layer5\.0\.conv1\.weight has no counterpart"):
+        load_torchvision_checkpoint(state)

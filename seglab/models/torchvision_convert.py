@@ -5,9 +5,11 @@ torchvision ships fcn_resnet50/101, deeplabv3_resnet50/101 and deeplabv3_mobilen
 `deeplabv3_torchvision` on timm backbones; this module recognises which one a state dict holds,
 builds it and renames the weights, so that both produce the same logits.
 
-Backbone weights are matched by position: timm's ResNets and MobileNetV3 hold the same tensors
-as torchvision's, in the same order, under other names; every pair is checked by shape. Head
-weights are renamed by the table below.
+Every tensor is matched by its name, so the file's key order does not matter (a .safetensors
+file stores its keys sorted, a re-saved .pth in any order): timm's ResNets use torchvision's
+names under another prefix; timm's MobileNetV3 names follow from torchvision's by the rules of
+`_mobilenetv3_key`; the heads are renamed by the tables below. A tensor without a counterpart
+or of another shape is a SeglabError naming it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from seglab.encoders import load_state_dict_file
 from seglab.errors import SeglabError
 from seglab.models.registry import create_model
 
-# torchvision prefix -> seglab prefix, for the heads (the backbone is matched by position).
+# torchvision prefix -> seglab prefix, for the heads.
 _ASPP_HEAD = {
     "classifier.0.convs.0.0.": "aspp.conv1x1.conv.",
     "classifier.0.convs.0.1.": "aspp.conv1x1.bn.",
@@ -88,6 +90,55 @@ def torchvision_model_spec(state_dict: Mapping[str, torch.Tensor]) -> tuple[str,
     return name, options
 
 
+MOBILENETV3_STAGE_DEPTHS = (1, 2, 3, 4, 2, 3)
+"""Blocks per stage of timm's mobilenetv3_large_100, i.e. torchvision's features 1..15 in order."""
+
+
+def _mobilenetv3_key(name: str, block_layers: Mapping[int, list[int]]) -> str:
+    """timm's name of a torchvision mobilenet_v3_large backbone tensor, e.g.
+    "5.block.2.fc1.weight" -> "blocks.2.1.se.conv_reduce.weight".
+
+    features.0 is the stem (conv_stem, bn1), features.16 the last 1x1 conv (blocks.6.0);
+    features.1..15 are the inverted residuals, whose Conv-BN layers "block.j" are, in order,
+    the expansion (if any), the depthwise and the projection conv, and whose squeeze-excite
+    (fc1, fc2) is timm's se.conv_reduce and se.conv_expand. `block_layers[i]` lists the j of
+    the Conv-BN layers of features.i, taken from the checkpoint's own names.
+    """
+    index, *rest = name.split(".")
+    feature = int(index)
+    if feature in (0, 16):
+        conv, norm = ("conv_stem", "bn1") if feature == 0 else ("blocks.6.0.conv", "blocks.6.0.bn1")
+        return ".".join([conv if rest[0] == "0" else norm, *rest[1:]])
+    starts = [sum(MOBILENETV3_STAGE_DEPTHS[:s]) + 1 for s in range(len(MOBILENETV3_STAGE_DEPTHS))]
+    stage = max(s for s, start in enumerate(starts) if start <= feature)
+    prefix = f"blocks.{stage}.{feature - starts[stage]}"
+    layer, sub, *tail = rest[1:]  # rest = ["block", j, sub, ...]
+    if sub in ("fc1", "fc2"):
+        return ".".join([prefix, "se", {"fc1": "conv_reduce", "fc2": "conv_expand"}[sub], *tail])
+    layers = block_layers[feature]
+    roles = (
+        [("conv_dw", "bn1"), ("conv_pw", "bn2")]  # no expansion: timm's DepthwiseSeparableConv
+        if len(layers) == 2
+        else [("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3")]
+    )
+    conv, norm = roles[layers.index(int(layer))]
+    return ".".join([prefix, conv if sub == "0" else norm, *tail])
+
+
+def _backbone_keys(state_dict: Mapping[str, torch.Tensor], encoder: str) -> dict[str, str]:
+    """torchvision backbone tensor name -> seglab encoder key, from the names alone."""
+    names = [k[len("backbone.") :] for k in state_dict if k.startswith("backbone.")]
+    if encoder.startswith("resnet"):
+        return {f"backbone.{n}": f"encoder.model.{n}" for n in names}
+    block_layers: dict[int, set[int]] = {}
+    for name in names:
+        parts = name.split(".")
+        if len(parts) > 3 and parts[1] == "block" and parts[3] not in ("fc1", "fc2"):
+            block_layers.setdefault(int(parts[0]), set()).add(int(parts[2]))
+    layers = {feature: sorted(js) for feature, js in block_layers.items()}
+    return {f"backbone.{n}": f"encoder.model.{_mobilenetv3_key(n, layers)}" for n in names}
+
+
 def convert_torchvision_state_dict(
     state_dict: Mapping[str, torch.Tensor], model: nn.Module
 ) -> dict[str, torch.Tensor]:
@@ -97,33 +148,33 @@ def convert_torchvision_state_dict(
     """
     target = model.state_dict()
     heads = {**(_ASPP_HEAD if "aspp.conv1x1.conv.weight" in target else _FCN_HEAD), **_AUX_HEAD}
-    converted: dict[str, torch.Tensor] = {}
-    backbone = [(k, v) for k, v in state_dict.items() if k.startswith("backbone.")]
-    encoder_keys = [k for k in target if k.startswith("encoder.")]
-    if len(backbone) != len(encoder_keys):
+    spec = getattr(model, "seglab_spec", {})
+    what = f"seglab's {spec.get('name', type(model).__name__)}"
+    encoder = spec.get("options", {}).get("encoder", "resnet")
+    try:
+        renamed = _backbone_keys(state_dict, encoder)
+    except (ValueError, IndexError, KeyError):
         raise SeglabError(
-            f"torchvision backbone has {len(backbone)} tensors, seglab's encoder "
-            f"{len(encoder_keys)}: not the same architecture"
-        )
-    for (source, value), key in zip(backbone, encoder_keys, strict=True):
+            f"torchvision checkpoint: backbone tensor names are not torchvision's {encoder}"
+        ) from None
+    converted: dict[str, torch.Tensor] = {}
+    for source, value in state_dict.items():
+        key = renamed.get(source)
+        if key is None:
+            prefix = next((p for p in heads if source.startswith(p)), None)
+            key = None if prefix is None else heads[prefix] + source[len(prefix) :]
+        if key is None or key not in target:
+            raise SeglabError(f"torchvision tensor {source} has no counterpart in {what}")
         if value.shape != target[key].shape:
             raise SeglabError(
-                f"{source} {tuple(value.shape)} does not match {key} {tuple(target[key].shape)}"
+                f"torchvision tensor {source} has shape {tuple(value.shape)} but {what} needs "
+                f"{tuple(target[key].shape)} for {key}: the checkpoint is not the architecture "
+                "torchvision builds under that name"
             )
-        converted[key] = value
-    for source, value in state_dict.items():
-        if source.startswith("backbone."):
-            continue
-        prefix = next((p for p in heads if source.startswith(p)), None)
-        if prefix is None:
-            raise SeglabError(f"no seglab counterpart for torchvision weight {source}")
-        key = heads[prefix] + source[len(prefix) :]
-        if key not in target or target[key].shape != value.shape:
-            raise SeglabError(f"torchvision weight {source} does not fit seglab's {key}")
         converted[key] = value
     missing = sorted(set(target) - set(converted))
     if missing:
-        raise SeglabError(f"torchvision checkpoint has no weights for {missing[0]}")
+        raise SeglabError(f"torchvision checkpoint has no tensor for {what}'s {missing[0]}")
     return converted
 
 
