@@ -26,8 +26,12 @@ def weights_meta_path(weights: str | Path) -> Path:
     return Path(weights).with_suffix(".yaml")
 
 
-def save_weights(model: torch.nn.Module, path: str | Path, classes=None) -> Path:
-    """Write model weights (safetensors) and the YAML that names the model and its classes."""
+def save_weights(
+    model: torch.nn.Module, path: str | Path, classes=None, extra: dict | None = None
+) -> Path:
+    """Write model weights (safetensors) and the YAML that names the model and its classes.
+
+    extra: more YAML keys (the trainer's best.yaml records `best: {step, mean_iou}`)."""
     model = unwrap(model)  # DDP, torch.compile
     spec = getattr(model, "seglab_spec", None)  # the one attribute create_model adds
     if spec is None:
@@ -38,6 +42,7 @@ def save_weights(model: torch.nn.Module, path: str | Path, classes=None) -> Path
             {"name": name, "color": list(color)}
             for name, color in zip(classes.names, classes.colors, strict=True)
         ]
+    meta.update(extra or {})
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     path = Path(path)
     # Serialised in memory and written under our own temporary name: safetensors' save_file
