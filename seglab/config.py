@@ -73,6 +73,9 @@ class LossConfig:
     # BiSeNet's online hard example mining on every CE term, e.g. {thresh: 0.7, min_kept: N}:
     # pixels whose true-class probability is <= thresh, at least min_kept (losses_ohem.py).
     ohem: dict[str, float] | None = None
+    # the loss of every output as weighted terms, e.g. {ce: 1.0, dice: 0.5}; ce | dice | focal |
+    # lovasz (seglab/losses_extra.py); None: cross-entropy alone
+    terms: dict[str, float] | None = None
 
 
 @dataclass

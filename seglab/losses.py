@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from seglab.data.labels import IGNORE_INDEX
+from seglab.losses_extra import check_terms, combined_loss
 from seglab.losses_ohem import ohem_cross_entropy
 from seglab.losses_unet import BorderWeightedCrossEntropy
 
@@ -64,9 +65,12 @@ class SegmentationLoss(torch.nn.Module):
         aux_weights: Sequence[float] = (),
         ignore_index: int = IGNORE_INDEX,
         ohem: dict[str, float] | None = None,
+        terms: dict[str, float] | None = None,
     ) -> None:
-        """ohem: {thresh, min_kept}: every CE term becomes BiSeNet's OHEM (losses_ohem.py)."""
+        """ohem: {thresh, min_kept}: every CE term becomes BiSeNet's OHEM (losses_ohem.py).
+        terms: e.g. {ce: 1.0, dice: 0.5}, the loss of every output (losses_extra.py); None: CE."""
         super().__init__()
+        self.terms = None if terms is None else check_terms(terms)
         self.ohem = dict(ohem) if ohem else None
         weight = (
             None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
@@ -99,16 +103,29 @@ class SegmentationLoss(torch.nn.Module):
             logits.float(), target, weight=self.class_weights, ignore_index=self.ignore_index
         )
 
+    def pixel_loss(
+        self, logits: torch.Tensor, target: torch.Tensor, pixel_weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The loss of one output: CE, or the weighted loss.terms (each output alike)."""
+        if self.terms is None:
+            return self.cross_entropy(logits, target, pixel_weights)
+        small = target
+        if logits.shape[-2:] != target.shape[-2:]:  # as cross_entropy: compare at its size
+            small = F.interpolate(target[:, None].float(), size=logits.shape[-2:], mode="nearest")
+            small = small[:, 0].long()
+        ce = lambda: self.cross_entropy(logits, target, pixel_weights)  # noqa: E731
+        return combined_loss(self.terms, logits, small, ce, self.ignore_index)
+
     def forward(
         self, outputs, target: torch.Tensor, pixel_weights: torch.Tensor | None = None
     ) -> torch.Tensor:
         """pixel_weights: optional (B, H, W) per-pixel weights (U-Net's border weights)."""
         if isinstance(outputs, torch.Tensor):
-            return self.cross_entropy(outputs, target, pixel_weights)
-        loss = self.cross_entropy(outputs["out"], target, pixel_weights)
+            return self.pixel_loss(outputs, target, pixel_weights)
+        loss = self.pixel_loss(outputs["out"], target, pixel_weights)
         aux = outputs.get("aux", [])
         if len(aux) != len(self.aux_weights):
             raise ValueError(f"{len(aux)} auxiliary outputs but {len(self.aux_weights)} weights")
         for weight, logits in zip(self.aux_weights, aux, strict=True):
-            loss = loss + weight * self.cross_entropy(logits, target, pixel_weights)
+            loss = loss + weight * self.pixel_loss(logits, target, pixel_weights)
         return loss

@@ -141,7 +141,9 @@ def build_loss(
             f"loss.ohem {ohem}: give only thresh and min_kept, e.g. {{thresh: 0.7, min_kept: "
             "100000}, and not together with loss.border_weights"
         )
-    return SegmentationLoss(None if border else weights, aux_weights, ohem=ohem).to(device)
+    return SegmentationLoss(
+        None if border else weights, aux_weights, ohem=ohem, terms=cfg.loss.terms
+    ).to(device)
 
 
 def collate_same_size(samples: list[tuple[torch.Tensor, torch.Tensor]]):
