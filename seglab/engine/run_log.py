@@ -20,10 +20,12 @@ import torch
 
 from seglab.atomic import remove_temporaries, write_bytes_atomically, write_text_atomically
 from seglab.config import Config
+from seglab.engine.curves import CURVES
+from seglab.engine.run_feedback import TRAIN_LOG, truncate_train_log
 
 METRICS = "metrics.jsonl"
 TENSORBOARD = "tensorboard"
-LEFT_BY_A_KILLED_START = (METRICS, "best.safetensors", "best.yaml")
+LEFT_BY_A_KILLED_START = (METRICS, TRAIN_LOG, CURVES, "best.safetensors", "best.yaml")
 """What a run writes before its first checkpoint (with the tensorboard folder)."""
 
 
@@ -83,6 +85,7 @@ def restart_run_dir(run_dir: Path, step: int | None, resuming: bool) -> None:
         remove_temporaries(run_dir / TENSORBOARD)
     if step is not None:
         truncate_log(run_dir / METRICS, step)
+        truncate_train_log(run_dir / TRAIN_LOG, step)
         merge_events(run_dir / TENSORBOARD, step)
         return
     stale = [run_dir / name for name in LEFT_BY_A_KILLED_START if (run_dir / name).is_file()]
@@ -135,7 +138,10 @@ class RunLog:
         self._append({"step": step, "val": summary})
         if self.writer is not None:
             for key, value in summary.items():
-                self.writer.add_scalar(f"val/{key}", value, step)
+                values = value if isinstance(value, dict) else {"": value}  # class_iou: by name
+                for name, number in values.items():
+                    if number is not None:
+                        self.writer.add_scalar(f"val/{key}/{name}".rstrip("/"), number, step)
             _log_sample_prediction(self.writer, model, val_set, device, step)
 
     def close(self) -> None:

@@ -6,8 +6,9 @@ schedule), as in nanoGPT's train.py and detectron2's SimpleTrainer.run_step. Wha
 before the first step is engine/run_setup.py; the logs and their restart engine/run_log.py.
 
 Everything a run produces goes to cfg.run_dir, written by rank 0 only: config.yaml,
-metrics.jsonl, last.pt (resume state), best.safetensors / final.safetensors (+ .yaml),
-tensorboard/. A run killed at any moment continues with `resume=True` (`--resume`): from
+metrics.jsonl, train.log (the console's lines), curves.png, last.pt (resume state),
+best.safetensors / final.safetensors (+ .yaml; best.yaml names its step), tensorboard/.
+A run killed at any moment continues with `resume=True` (`--resume`): from
 last.pt, or from step 0 when it was killed before the first checkpoint, and ends with the
 files and weights of an uninterrupted run.
 
@@ -30,9 +31,18 @@ from tqdm import tqdm
 from seglab.config import Config, save_config
 from seglab.data.folder import FolderDataset
 from seglab.engine.checkpoint import load_resume, save_resume, set_rng_state
+from seglab.engine.curves import write_curves
 from seglab.engine.distributed import World, any_rank, close_world, init_world, mean_over_ranks
-from seglab.engine.evaluate import evaluate
 from seglab.engine.optim import build_optimizer, build_scheduler
+from seglab.engine.run_feedback import (
+    Console,
+    best_meta,
+    closing_message,
+    eval_line,
+    evaluate_semantic,
+    read_best_step,
+    startup_summary,
+)
 from seglab.engine.run_log import RunLog, restart_run_dir
 from seglab.engine.run_setup import (
     amp_dtype,
@@ -221,6 +231,15 @@ def _train(
         restart_run_dir(run_dir, step if checkpointed else None, resume)
         save_config(cfg, run_dir / "config.yaml")
     log = RunLog(cfg, run_dir, world.is_main)
+    # The console's lines, also in train.log: what runs where, and from which step.
+    console = Console(run_dir, world.is_main, progress)
+    console.say(step, startup_summary(cfg, model, train_set, val_set, device, world, run_dir))
+    best_step = read_best_step(run_dir) if checkpointed else None
+    if checkpointed:
+        console.say(step, f"resumed from step {step} ({resume_path})")
+        if world.is_main:
+            write_curves(run_dir)  # drawn again from the log cut back to the checkpoint
+    score_key = "mean_iou"
 
     def save_state() -> None:
         if world.is_main:
@@ -252,11 +271,17 @@ def _train(
         bar.update(1)
 
         if step % cfg.train.eval_every == 0 or step == cfg.train.iters:
-            miou = _evaluate(cfg, world, device, model, val_set, step, log)
-            if world.is_main and miou > best_miou:
-                save_weights(model, run_dir / "best.safetensors", train_set.classes)
+            scores = _evaluate(cfg, world, device, model, val_set, step, log)
+            miou, improved = scores[score_key], scores[score_key] > best_miou
+            if improved:
+                best_step = step
+                if world.is_main:
+                    extra = best_meta(step, score_key, miou)
+                    save_weights(model, run_dir / "best.safetensors", train_set.classes, extra)
             best_miou = max(best_miou, miou)
-            bar.write(f"step {step}: val mIoU {100 * miou:.2f}")
+            if world.is_main:
+                write_curves(run_dir)
+            console.say(step, eval_line(step, scores, score_key, improved))
             save_state()
             trainer.set_training_mode()  # evaluation switched every module to eval mode
             tic, steps_timed = time.perf_counter(), 0
@@ -268,6 +293,9 @@ def _train(
     log.close()
     if world.is_main and step == cfg.train.iters:
         save_weights(model, run_dir / "final.safetensors", train_set.classes)
+    console.say(
+        step, closing_message(run_dir, step, cfg.train.iters, best_step, score_key, best_miou)
+    )
     return run_dir
 
 
@@ -279,12 +307,9 @@ def _evaluate(
     val_set: FolderDataset,
     step: int,
     log: RunLog,
-) -> float:
-    """Evaluate on val (each rank a shard), log the scores; returns the mean IoU."""
-    shard = range(world.rank, len(val_set), world.size)
-    confusion = evaluate(model, val_set, device, cfg.inference, progress=False, indices=shard)
-    scores = confusion.compute()
-    log.val(
-        step, {k: v for k, v in scores.items() if not isinstance(v, list)}, model, val_set, device
-    )
-    return scores["mean_iou"]
+) -> dict:
+    """Evaluate on val (each rank a shard), log the scores and return them: mean_iou, the
+    validation loss and per-class IoU (engine/run_feedback.py)."""
+    scores = evaluate_semantic(cfg, world, device, model, val_set)
+    log.val(step, scores, model, val_set, device)
+    return scores
