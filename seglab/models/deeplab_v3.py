@@ -8,6 +8,7 @@ Atrous Separable Convolution for Semantic Image Segmentation", ECCV 2018 (v3+).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -98,7 +99,13 @@ class DeepLabV3(SegmentationModel):
     ) -> None:
         super().__init__()
         self.encoder, self.aux_feature = self._build_encoder(
-            encoder, in_channels, output_stride, multi_grid, pretrained, aux, aux_feature
+            encoder,
+            in_channels=in_channels,
+            output_stride=output_stride,
+            multi_grid=multi_grid,
+            pretrained=pretrained,
+            aux=aux,
+            aux_feature=aux_feature,
         )
         channels = self.encoder.channels
         self.aspp = ASPP(channels[-1], 256, scaled_rates(rates, output_stride), dropout=dropout)
@@ -110,6 +117,7 @@ class DeepLabV3(SegmentationModel):
     def _build_encoder(
         self,
         encoder: str,
+        *,
         in_channels: int,
         output_stride: int,
         multi_grid: Sequence[int] | None,
@@ -261,21 +269,10 @@ class DeepLabV3Torchvision(DeepLabV3):
             pretrained=pretrained,
         )
 
-    def _build_encoder(
-        self,
-        encoder: str,
-        in_channels: int,
-        output_stride: int,
-        multi_grid: Sequence[int] | None,
-        pretrained: Pretrained,
-        aux: bool,
-        aux_feature: int,
-    ) -> tuple[Encoder, int]:
+    def _build_encoder(self, encoder: str, **options: Any) -> tuple[Encoder, int]:
         if not encoder.startswith("mobilenetv3"):
-            return super()._build_encoder(
-                encoder, in_channels, output_stride, multi_grid, pretrained, aux, aux_feature
-            )
-        backbone = torchvision_mobilenetv3(encoder, in_channels, pretrained)
+            return super()._build_encoder(encoder, **options)
+        backbone = torchvision_mobilenetv3(encoder, options["in_channels"], options["pretrained"])
         return backbone, backbone.strides.index(8)  # the tapped map, before the stage's end
 
 
