@@ -18,6 +18,7 @@ from seglab.data.folder import check_dataset
 from seglab.device import resolve_device
 from seglab.engine.evaluate import evaluate
 from seglab.engine.report import write_report
+from seglab.engine.report_html import Example, WorstImages, image_iou
 from seglab.errors import SeglabError
 from seglab.inference import predict_probabilities
 from seglab.metrics import ConfusionMatrix
@@ -50,7 +51,9 @@ def evaluate_checkpoint(
     uses the run's inference section; a mapping overrides only the fields it names; an
     InferenceConfig replaces it (seglab.runs.run_inference). crf: a seglab.crf preset name; its
     mIoU is reported beside the network's. The report goes to `out`, by default report/ beside
-    the weights. Returns (metrics, report.md path).
+    the weights; it shows the num_overlays images of lowest mIoU, worst first (with the CRF's
+    labels too where it ran), and the run's curves.png when there is one. Returns (metrics,
+    report.md path; report.html beside it).
     """
     weights, config = resolve_run(checkpoint)
     inference = run_inference(config, inference)
@@ -61,30 +64,33 @@ def evaluate_checkpoint(
     device = resolve_device("auto")
     model.to(device)
     check_window(model, inference)
-    overlays = []
+    worst = WorstImages(num_overlays)
     crf_confusion = ConfusionMatrix(dataset.num_classes, device) if crf else None
+    k = dataset.num_classes
 
     def on_batch(indices, images, masks, probs):
-        predictions = probs.argmax(1)
+        predictions = probs.argmax(1).cpu().numpy().astype(np.uint8)
+        refined = None
         if crf_confusion is not None:
             from seglab.crf import dense_crf
 
             raw = torch.stack(
                 [torch.from_numpy(dataset.load(i)[0]).permute(2, 0, 1) for i in indices]
             ).to(device)
-            crf_confusion.update(dense_crf(probs, raw, preset=crf).argmax(1), masks)
+            refined = dense_crf(probs, raw, preset=crf).argmax(1)
+            crf_confusion.update(refined, masks)
+            refined = refined.cpu().numpy().astype(np.uint8)
         for i, index in enumerate(indices):
-            if len(overlays) < num_overlays:
-                image = dataset.load(index)[0]
-                truth = masks[i].cpu().numpy()
-                overlays.append(
-                    (
-                        dataset.names[index],
-                        image,
-                        truth,
-                        predictions[i].cpu().numpy().astype(np.uint8),
-                    )
+            truth = masks[i].cpu().numpy()
+            iou = image_iou(truth, predictions[i], k)
+            if worst.wants(iou):  # the picture is read only for the images kept
+                after = None if refined is None else refined[i]
+                example = Example(
+                    dataset.names[index], iou, dataset.load(index)[0], truth, predictions[i]
                 )
+                if after is not None:
+                    example.crf, example.crf_iou = after, image_iou(truth, after, k)
+                worst.add(example)
 
     confusion = evaluate(model, dataset, device, inference, progress, on_batch=on_batch)
     metrics = confusion.compute()
@@ -100,8 +106,15 @@ def evaluate_checkpoint(
     if crf_confusion is not None:
         metrics["crf"] = {"preset": crf, **crf_confusion.compute()}
     out_dir = Path(out) if out else weights.parent / "report"
+    curves = weights.parent / "curves.png"  # drawn by the trainer in the run directory
     report = write_report(
-        out_dir, metrics, confusion.matrix.cpu().numpy(), dataset.classes, protocol, overlays
+        out_dir,
+        metrics,
+        confusion.matrix.cpu().numpy(),
+        dataset.classes,
+        protocol,
+        worst.worst_first(),
+        curves=curves if curves.is_file() else None,
     )
     return metrics, report
 
