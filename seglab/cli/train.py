@@ -14,7 +14,9 @@ def run_train(args: argparse.Namespace) -> None:
     from seglab.config import load_config
     from seglab.engine.trainer import train
 
-    cfg = load_config(args.config, args.overrides)
+    # --from: a head start (seglab/head_start.py); a path from the shell is the shell's
+    start = [f"model.init_weights={Path(args.start).absolute()}"] if args.start else []
+    cfg = load_config(args.config, args.overrides + start)
     run_dir = train(cfg, resume=args.resume, progress=not args.quiet)
     print(f"run written to {run_dir} (best.safetensors, final.safetensors, metrics.jsonl)")
 
@@ -80,6 +82,13 @@ def declare_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML config, e.g. configs/demo_shapes.yaml")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=0.01")
     parser.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt")
+    parser.add_argument(
+        "--from",
+        dest="start",
+        metavar="WEIGHTS",
+        help="start from these weights (.safetensors or a run directory): tensors whose name "
+        "and shape match are loaded, the rest (e.g. the classifier) re-initialised",
+    )
     parser.set_defaults(func=run_train)
 
 

@@ -6,10 +6,8 @@ Every user mistake found here is a one-line SeglabError raised before anything i
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch.utils.data import DataLoader, default_collate
 
 from seglab.config import Config
@@ -20,10 +18,10 @@ from seglab.data.transforms import eval_transform, train_transform
 from seglab.engine.distributed import World
 from seglab.engine.sampler import TrainSampler
 from seglab.errors import SeglabError
+from seglab.head_start import load_matching_weights
 from seglab.losses import SegmentationLoss, dataset_median_frequency_weights
 from seglab.models import SegmentationModel, create_model
 from seglab.models.registry import FIXED_ARGUMENTS
-from seglab.weights import load_state_checked
 
 SIZES_DIFFER = "images of different sizes in one batch ({}); set data.crop_size (e.g. [512, 512])"
 
@@ -102,11 +100,8 @@ def build_model(
             )
     channels = image_channels(train_set)
     model = create_model(cfg.model.name, train_set.num_classes, channels, **cfg.model.options)
-    if cfg.model.init_weights and not resume:
-        init_path = Path(cfg.model.init_weights)
-        if not init_path.is_file():
-            raise SeglabError(f"model.init_weights: {init_path} does not exist")
-        load_state_checked(model, load_file(str(init_path)), init_path, cfg.model.name)
+    if cfg.model.init_weights and not resume:  # name-and-shape matches; the rest stay fresh
+        print(f"model.init_weights {load_matching_weights(model, cfg.model.init_weights).message}")
     if cfg.train.sync_bn and world.distributed:
         if device.type == "cpu":  # PyTorch's SyncBatchNorm runs on GPUs only
             warnings.warn(
