@@ -20,6 +20,7 @@ from typing import Any
 from torch import nn
 
 from seglab.errors import SeglabError
+from seglab.models.base import SegmentationModel
 
 FIXED_ARGUMENTS = ("num_classes", "in_channels")
 """Constructor arguments the registry passes itself: the dataset decides them, not options."""
@@ -49,7 +50,7 @@ class ModelInfo:
         """Every option of this entry with its default: the class signature, the entry's
         defaults applied, num_classes and in_channels left out. Required options map to
         inspect.Parameter.empty."""
-        parameters = inspect.signature(_constructor(self.cls)).parameters
+        parameters = inspect.signature(self.cls.__init__).parameters
         options = {
             name: p.default
             for name, p in parameters.items()
@@ -60,15 +61,9 @@ class ModelInfo:
         return {**options, **self.defaults}
 
     def in_channels_default(self) -> int:
-        parameter = inspect.signature(_constructor(self.cls)).parameters.get("in_channels")
+        parameter = inspect.signature(self.cls.__init__).parameters.get("in_channels")
         default = parameter.default if parameter is not None else 3
         return default if isinstance(default, int) else 3
-
-
-def _constructor(cls):
-    # TRANSITION: builder functions are still accepted until every model file registers its
-    # class; then this returns cls.__init__ only.
-    return cls.__init__ if isinstance(cls, type) else cls
 
 
 MODELS: dict[str, ModelInfo] = {}
@@ -94,6 +89,11 @@ def register_model(
     """Class decorator: register `cls` as `name`; `defaults` override its signature's."""
 
     def decorate(cls: type[nn.Module]) -> type[nn.Module]:
+        if not (isinstance(cls, type) and issubclass(cls, SegmentationModel)):
+            raise TypeError(
+                f"register_model({name!r}) decorates a SegmentationModel subclass, not {cls!r}; a "
+                "paper configuration of a registered class is a register_variant entry"
+            )
         _add(
             ModelInfo(
                 name,
@@ -153,21 +153,32 @@ def model_info(name: str) -> ModelInfo:
 
 
 def create_model(
-    name: str, num_classes: int, in_channels: int | None = None, **options: Any
+    name: str, num_classes: int | None = None, in_channels: int | None = None, /, **options: Any
 ) -> nn.Module:
     """Build a registered model. Unknown options give a SeglabError naming the accepted ones.
 
-    in_channels: None takes the class's default (3 for most models).
+    num_classes, in_channels: positional, or as keywords (create_model("unet", num_classes=2)).
+    A caller that expands a config's options passes them positionally
+    (create_model(name, classes, channels, **cfg.model.options)); then a num_classes or
+    in_channels among the options is a SeglabError, not a second value.
+    in_channels: None takes the class's default (3 for most models, 1 for U-Net).
     The returned module carries `seglab_spec` (name, num_classes, in_channels, options, task):
     what a weights file records so that it can be rebuilt without the training config.
     """
     info = model_info(name)
+    given = {"num_classes": num_classes, "in_channels": in_channels}
     for fixed in FIXED_ARGUMENTS:
-        if fixed in options:
+        if fixed not in options:
+            continue
+        if given[fixed] is not None:
             raise SeglabError(
                 f"model {name!r}: {fixed} is not a model option (seglab takes it from the "
                 f"dataset's classes.txt and images); remove model.options.{fixed}"
             )
+        given[fixed] = options.pop(fixed)
+    num_classes, in_channels = given["num_classes"], given["in_channels"]
+    if num_classes is None:
+        raise TypeError(f"create_model({name!r}) needs num_classes")
     accepted = info.options()
     unknown = sorted(set(options) - set(accepted))
     if unknown:
