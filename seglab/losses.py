@@ -65,12 +65,15 @@ class SegmentationLoss(torch.nn.Module):
         aux_weights: Sequence[float] = (),
         ignore_index: int = IGNORE_INDEX,
         ohem: dict[str, float] | None = None,
+        se_weight: float | None = None,
         terms: dict[str, float] | None = None,
     ) -> None:
         """ohem: {thresh, min_kept}: every CE term becomes BiSeNet's OHEM (losses_ohem.py).
+        se_weight: weight of the "se" output's BCE against the classes present (EncNet).
         terms: e.g. {ce: 1.0, dice: 0.5}, the loss of every output (losses_extra.py); None: CE."""
         super().__init__()
         self.terms = None if terms is None else check_terms(terms)
+        self.se_weight = se_weight
         self.ohem = dict(ohem) if ohem else None
         weight = (
             None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
@@ -128,4 +131,16 @@ class SegmentationLoss(torch.nn.Module):
             raise ValueError(f"{len(aux)} auxiliary outputs but {len(self.aux_weights)} weights")
         for weight, logits in zip(self.aux_weights, aux, strict=True):
             loss = loss + weight * self.pixel_loss(logits, target, pixel_weights)
+        if "se" in outputs:
+            if self.se_weight is None:
+                raise ValueError('an "se" output but no se_weight (the model\'s se_weight)')
+            loss = loss + self.se_weight * self.se_loss(outputs["se"], target)
         return loss
+
+    def se_loss(self, se_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """EncNet's SE-loss: BCE of (B, K) logits against whether each class occurs in each
+        image's (B, H, W) labels (ignored pixels count for no class)."""
+        b, k = se_logits.shape
+        labels = target.flatten(1).clamp(0, k)  # ignore (255) -> bin k, dropped below
+        present = se_logits.new_zeros(b, k + 1).scatter_(1, labels, 1.0)[:, :k]
+        return F.binary_cross_entropy_with_logits(se_logits.float(), present.float())

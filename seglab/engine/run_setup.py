@@ -137,7 +137,11 @@ def build_loss(
             "100000}, and not together with loss.border_weights"
         )
     return SegmentationLoss(
-        None if border else weights, aux_weights, ohem=ohem, terms=cfg.loss.terms
+        None if border else weights,
+        aux_weights,
+        ohem=ohem,
+        se_weight=getattr(model, "se_weight", None),
+        terms=cfg.loss.terms,
     ).to(device)
 
 

@@ -24,6 +24,8 @@ forward(x), x: (B, in_channels, H, W) normalised images of any H and W:
   weight in `aux_weights` (SegmentationLoss adds CE(out) + sum_i aux_weights[i] * CE(aux[i]),
   resizing each to the labels as it needs). Outputs at another size than the labels are
   compared with nearest-downsampled labels (`label_stride`).
+  "se": (B, K) logits of the classes present (EncNet's SE-loss, FastFCN): the loss adds
+  `se_weight` * BCE(se, the classes in each image's labels); se_weight is declared (0.2).
 - Losses live outside the model.
 
 Declared properties (instance attributes with the defaults below; set them in __init__):
@@ -68,6 +70,7 @@ class SegmentationModel(nn.Module):
     task: ClassVar[str] = "semantic"
     inputs: ClassVar[tuple[str, ...]] = ("image",)
     aux_weights: tuple[float, ...] = ()
+    se_weight: float = 0.0  # weight of the "se" training output, if the model has one
     label_stride: int = 1
     supports_overlap_tile: bool = False
     export_fixed_size: str | None = None
