@@ -9,7 +9,26 @@ __all__ = [
     "list_models",
     "load_weights",
     "save_weights",
+    "train",
 ]
+
+
+def train(config, overrides=(), resume: bool = False, progress: bool = True):
+    """Train as `seglab train CONFIG KEY=VALUE ... [--resume]` does; returns the run directory.
+
+    config: a seglab.config.Config, or a YAML path (None: the defaults) that the dotted
+    `overrides` (["train.iters=100", ...]) then change.
+    """
+    from seglab.config import Config, load_config
+    from seglab.engine.trainer import train as run_training
+
+    if isinstance(config, Config):
+        if overrides:
+            raise TypeError("overrides go with a config path; change the Config's fields instead")
+        cfg = config
+    else:
+        cfg = load_config(config, list(overrides))
+    return run_training(cfg, resume=resume, progress=progress)
 
 
 def __getattr__(name: str):
