@@ -125,3 +125,25 @@ def ade_tree(tmp_path: Path) -> Path:
         write_image(root / "images" / split / f"{name}.jpg", seed)
         write_label_mask(root / "annotations" / split / f"{name}.png", tile(values))
     return root
+
+
+PCONTEXT_MASKS = {  # raw values: 0 background, 1..59 the classes
+    ("train", "2008_000002"): [0, 1, 59, 15],
+    ("train", "2008_000003"): [37, 37, 0, 0],
+    ("val", "2008_000007"): [59, 0, 0, 2],
+}
+
+
+def pcontext_tree(tmp_path: Path) -> Path:
+    """VOCdevkit/VOC2010 as MMSegmentation's PASCAL-Context converter leaves it."""
+    voc = tmp_path / "VOCdevkit" / "VOC2010"
+    splits: dict[str, list[str]] = {}
+    for seed, ((split, name), values) in enumerate(PCONTEXT_MASKS.items()):
+        write_image(voc / "JPEGImages" / f"{name}.jpg", seed)
+        write_label_mask(voc / "SegmentationClassContext" / f"{name}.png", tile(values))
+        splits.setdefault(split, []).append(name)
+    sets = voc / "ImageSets" / "SegmentationContext"
+    sets.mkdir(parents=True)
+    for split, names in splits.items():
+        (sets / f"{split}.txt").write_text("".join(f"{n}\n" for n in names))
+    return tmp_path

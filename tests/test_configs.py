@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from release_trees import ade_tree, camvid_tree, cityscapes_tree, sbd_tree, voc_tree
+from release_trees import (
+    ade_tree,
+    camvid_tree,
+    cityscapes_tree,
+    pcontext_tree,
+    sbd_tree,
+    voc_tree,
+)
 
 from seglab.config import load_config
 from seglab.data import DATASETS, build_dataset, check_dataset, write_sbd_train_aug
@@ -45,6 +52,7 @@ RELEASE_TREES = {
     "cityscapes": lambda data: cityscapes_tree(data / "cityscapes"),
     "camvid": lambda data: camvid_tree(data / "camvid"),
     "ade20k": lambda data: ade_tree(data / "ade20k"),
+    "pcontext": lambda data: pcontext_tree(data / "pcontext"),
 }
 
 
