@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from seglab.config import InferenceConfig
+from seglab.data.depth import as_depth_tensor, normalize_depth
 from seglab.data.folder import ClassInfo, read_image
 from seglab.data.images import rgb_array, rgb_uint8
 from seglab.data.transforms import normalize_image
@@ -268,10 +269,12 @@ class Segmenter:
         crf: str | None = None,
     ) -> None:
         channels = getattr(unwrap(model), "seglab_spec", {}).get("in_channels", 3)
-        if channels != 3:
+        self.takes_depth = "depth" in getattr(unwrap(model), "inputs", ("image",))
+        if channels != 3 + self.takes_depth:
             raise SeglabError(
-                f"Segmenter feeds RGB images but this model takes {channels} input channels; "
-                "build it with in_channels=3, or call the model on your own tensors"
+                f"Segmenter feeds RGB images{' + depth' * self.takes_depth} but this model takes "
+                f"{channels} input channels; build it with in_channels={3 + self.takes_depth}, "
+                "or call the model on your own tensors"
             )
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
@@ -322,9 +325,13 @@ class Segmenter:
     def num_classes(self) -> int:
         return self.model.seglab_spec["num_classes"]
 
-    def predict_batch(self, images: Sequence, probabilities: bool = False) -> list[np.ndarray]:
-        """Label several images; same-size images share a forward pass."""
+    def predict_batch(
+        self, images: Sequence, probabilities: bool = False, depths: Sequence | None = None
+    ) -> list[np.ndarray]:
+        """Label several images; same-size images share a forward pass. An RGB-D model needs
+        `depths`: one (H, W) array of metres per image (seglab/data/depth.py)."""
         tensors = [as_image_tensor(image) for image in images]
+        depth_maps = self._depth_maps(tensors, depths)
         results: list[np.ndarray | None] = [None] * len(tensors)
         by_size: dict[tuple[int, int], list[int]] = {}
         for index, tensor in enumerate(tensors):
@@ -333,7 +340,11 @@ class Segmenter:
             for start in range(0, len(indices), self.inference.batch_size):
                 chunk = indices[start : start + self.inference.batch_size]
                 batch = torch.stack([tensors[i] for i in chunk]).to(self.device)
-                probs = predict_probabilities(self.model, normalize_image(batch), self.inference)
+                inputs = normalize_image(batch)
+                if depth_maps is not None:
+                    depth = torch.stack([depth_maps[i] for i in chunk]).to(self.device)
+                    inputs = torch.cat([inputs, normalize_depth(depth)[:, None]], dim=1)
+                probs = predict_probabilities(self.model, inputs, self.inference)
                 if self.crf:
                     probs = self.refine_with_crf(probs, batch)
                 for i, prob in zip(chunk, probs, strict=True):
@@ -344,6 +355,21 @@ class Segmenter:
                     )
         return results
 
-    def predict(self, image, probabilities: bool = False) -> np.ndarray:
-        """(H, W) uint8 labels, or (K, H, W) float probabilities if asked."""
-        return self.predict_batch([image], probabilities)[0]
+    def _depth_maps(self, tensors: list[torch.Tensor], depths) -> list[torch.Tensor] | None:
+        if not self.takes_depth:
+            if depths is not None:
+                raise SeglabError("this model takes no depth; call predict without depth")
+            return None
+        if depths is None or len(depths) != len(tensors):
+            raise SeglabError("this RGB-D model needs one depth map (metres) per image: depth=")
+        maps = [as_depth_tensor(d) for d in depths]
+        for image, depth in zip(tensors, maps, strict=True):
+            if tuple(depth.shape) != tuple(image.shape[-2:]):
+                raise SeglabError(f"depth {tuple(depth.shape)} != image {tuple(image.shape[-2:])}")
+        return maps
+
+    def predict(self, image, probabilities: bool = False, depth=None) -> np.ndarray:
+        """(H, W) uint8 labels, or (K, H, W) float probabilities if asked; `depth`: (H, W)
+        metres, for an RGB-D model."""
+        depths = None if depth is None else [depth]
+        return self.predict_batch([image], probabilities, depths)[0]

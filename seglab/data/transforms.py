@@ -4,6 +4,9 @@ The papers' training augmentations, each a module taking and returning (image, m
 tv_tensors: image (3, H, W) uint8, mask (H, W) int64. Geometric ones move both together (the
 image interpolated, the mask nearest, uncovered mask pixels 255); photometric ones touch the
 image only. train_transform builds the chain from the data config; see AUGMENT_KEYS.
+An RGB-D sample is (image, mask, depth), depth an (H, W) float32 `Depth` in metres: geometric
+steps move it as the mask (nearest, uncovered pixels 0 = no depth), photometric ones pass it
+through, and ToModelInput appends it, normalised, as the last channel of the image.
 """
 
 from __future__ import annotations
@@ -16,12 +19,18 @@ import torch.nn.functional as F
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from seglab.data.depth import Depth, normalize_depth
 from seglab.data.labels import IGNORE_INDEX
 from seglab.errors import SeglabError
 
 # Images are normalised with the ImageNet statistics that pretrained encoders expect.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _sample(image, mask, depth):
+    """(image, mask), or (image, mask, depth) for an RGB-D sample."""
+    return (image, mask) if depth is None else (image, mask, depth)
 
 
 def _uniform(low: float, high: float) -> float:
@@ -36,18 +45,22 @@ class RandomScale(torch.nn.Module):
         super().__init__()
         self.low, self.high = low, high
 
-    def forward(self, image, mask):
+    def forward(self, image, mask, depth=None):
         factor = _uniform(self.low, self.high)
         h, w = image.shape[-2:]
         size = [max(1, round(h * factor)), max(1, round(w * factor))]
-        return v2.functional.resize(image, size, antialias=True), v2.functional.resize(mask, size)
+        image = v2.functional.resize(image, size, antialias=True)
+        depth = None if depth is None else v2.functional.resize(depth, size)  # nearest
+        return _sample(image, v2.functional.resize(mask, size), depth)
 
 
-def rotate_pair(image, mask, angle: float):
+def rotate_pair(image, mask, angle: float, depth=None):
     """Rotate (3, H, W) image (bilinear, fill 0) and (H, W) mask (nearest, fill 255) by
-    `angle` degrees counter-clockwise about the centre, keeping the size."""
+    `angle` degrees counter-clockwise about the centre, keeping the size; depth, if given,
+    nearest with fill 0 (no depth)."""
     image = v2.functional.rotate(image, angle, interpolation=v2.InterpolationMode.BILINEAR, fill=0)
-    return image, v2.functional.rotate(mask, angle, fill=IGNORE_INDEX)
+    depth = None if depth is None else v2.functional.rotate(depth, angle, fill=0)
+    return _sample(image, v2.functional.rotate(mask, angle, fill=IGNORE_INDEX), depth)
 
 
 class RandomRotation(torch.nn.Module):
@@ -58,11 +71,11 @@ class RandomRotation(torch.nn.Module):
         super().__init__()
         self.degrees = degrees
 
-    def forward(self, image, mask):
-        return rotate_pair(image, mask, _uniform(-self.degrees, self.degrees))
+    def forward(self, image, mask, depth=None):
+        return rotate_pair(image, mask, _uniform(-self.degrees, self.degrees), depth)
 
 
-def elastic_pair(image, mask, displacement: torch.Tensor):
+def elastic_pair(image, mask, displacement: torch.Tensor, depth=None):
     """Warp image (bicubic) and mask (nearest) by a coarse displacement grid.
 
     displacement: (2, g, g) pixel offsets (dy, dx) at g x g evenly spaced control points
@@ -85,7 +98,14 @@ def elastic_pair(image, mask, displacement: torch.Tensor):
     )  # fmt: skip
     image_out = warped[0].round().clamp(0, 255).to(image.dtype)
     mask_out = warped_mask[0, 0].round().to(mask.dtype)
-    return tv_tensors.wrap(image_out, like=image), tv_tensors.wrap(mask_out, like=mask)
+    if depth is not None:  # nearest, as the mask: a depth that exists in the input
+        depth = tv_tensors.wrap(
+            F.grid_sample(depth[None, None].float(), grid, mode="nearest",
+                          padding_mode="reflection", align_corners=True)[0, 0],
+            like=depth,
+        )  # fmt: skip
+    return _sample(tv_tensors.wrap(image_out, like=image), tv_tensors.wrap(mask_out, like=mask),
+                   depth)  # fmt: skip
 
 
 class ElasticDeformation(torch.nn.Module):
@@ -98,11 +118,11 @@ class ElasticDeformation(torch.nn.Module):
             raise SeglabError(f"data.augment.elastic.grid={grid}: use 2 or more control points")
         self.grid, self.sigma, self.p = grid, sigma, p
 
-    def forward(self, image, mask):
+    def forward(self, image, mask, depth=None):
         if torch.rand(()).item() >= self.p:
-            return image, mask
+            return _sample(image, mask, depth)
         displacement = torch.randn(2, self.grid, self.grid) * self.sigma
-        return elastic_pair(image, mask, displacement)
+        return elastic_pair(image, mask, displacement, depth)
 
 
 class PhotometricDistortion(torch.nn.Module):
@@ -127,7 +147,7 @@ class PhotometricDistortion(torch.nn.Module):
             image = (image.float() * alpha).round().clamp(0, 255).to(torch.uint8)
         return image
 
-    def forward(self, image, mask):
+    def forward(self, image, mask, depth=None):
         out = image.as_subclass(torch.Tensor)
         if torch.rand(()).item() < 0.5:
             delta = _uniform(-self.brightness, self.brightness)
@@ -141,7 +161,7 @@ class PhotometricDistortion(torch.nn.Module):
             out = v2.functional.adjust_hue(out, _uniform(-self.hue, self.hue) / 360)
         if not contrast_first:
             out = self._contrast(out)
-        return tv_tensors.wrap(out, like=image), mask
+        return _sample(tv_tensors.wrap(out, like=image), mask, depth)
 
 
 class RandomGaussianBlur(torch.nn.Module):
@@ -152,33 +172,40 @@ class RandomGaussianBlur(torch.nn.Module):
         super().__init__()
         self.p, self.sigma = p, tuple(sigma)
 
-    def forward(self, image, mask):
+    def forward(self, image, mask, depth=None):
         if torch.rand(()).item() >= self.p:
-            return image, mask
+            return _sample(image, mask, depth)
         sigma = _uniform(*self.sigma)
         h, w = image.shape[-2:]
         largest = min(h, w) - 1 if min(h, w) % 2 == 0 else min(h, w)  # reflect padding < size
         kernel = max(1, min(2 * math.ceil(3 * sigma) + 1, largest))
-        return v2.functional.gaussian_blur(image, [kernel, kernel], [sigma, sigma]), mask
+        blurred = v2.functional.gaussian_blur(image, [kernel, kernel], [sigma, sigma])
+        return _sample(blurred, mask, depth)
 
 
 class ToModelInput(torch.nn.Module):
-    """uint8 image -> normalised float (3, H, W); mask -> int64 (H, W)."""
+    """uint8 image -> normalised float (3, H, W); mask -> int64 (H, W). With depth (metres):
+    (4, H, W), the normalised depth (seglab/data/depth.py) as the last channel."""
 
-    def forward(self, image, mask):
+    def forward(self, image, mask, depth=None):
         image = v2.functional.to_dtype(image, torch.float32, scale=True)
         image = v2.functional.normalize(image, IMAGENET_MEAN, IMAGENET_STD)
-        return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor).long()
+        image = image.as_subclass(torch.Tensor)
+        if depth is not None:
+            image = torch.cat([image, normalize_depth(depth.as_subclass(torch.Tensor))[None]])
+        return image, mask.as_subclass(torch.Tensor).long()
 
 
 class JointTransform:
-    """Wrap tensors as tv_tensors so that v2 transforms treat image and mask jointly."""
+    """Wrap tensors as tv_tensors so that v2 transforms treat image, mask (and depth) jointly."""
 
     def __init__(self, transforms: list) -> None:
         self.transforms = v2.Compose(transforms)
 
-    def __call__(self, image: torch.Tensor, mask: torch.Tensor):
-        return self.transforms(tv_tensors.Image(image), tv_tensors.Mask(mask))
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor, depth: torch.Tensor | None = None):
+        if depth is None:
+            return self.transforms(tv_tensors.Image(image), tv_tensors.Mask(mask))
+        return self.transforms(tv_tensors.Image(image), tv_tensors.Mask(mask), Depth(depth))
 
 
 AUGMENT_KEYS = {
@@ -261,7 +288,7 @@ def train_steps(
         steps.append(RandomScale(*scale_range))
     steps += [extra[key] for key in ("rotate", "elastic") if key in extra]
     if crop_size:
-        fill = {tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}
+        fill = {tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX, Depth: 0}
         steps.append(v2.RandomCrop(crop_size, pad_if_needed=True, fill=fill))
     if hflip:
         steps.append(v2.RandomHorizontalFlip())
