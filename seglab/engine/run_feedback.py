@@ -81,8 +81,7 @@ def startup_summary(cfg, model, train_set, val_set, device, world, run_dir: Path
             f"classes: {len(names)} ({_short_list(names)})",
             f"data: {cfg.data.root} ({cfg.data.format}): {len(train_set)} train images "
             f"({cfg.data.train_split}), {len(val_set)} val images ({cfg.data.val_split}), "
-            f"batch {cfg.data.batch_size}"
-            + (f", crop {crop[0]}x{crop[1]}" if crop else ""),
+            f"batch {cfg.data.batch_size}" + (f", crop {crop[0]}x{crop[1]}" if crop else ""),
             f"device: {device}, {threads} CPU thread(s), {world.size} process(es)"
             + (f", amp {cfg.train.amp_dtype}" if cfg.train.amp else ""),
             f"schedule: {cfg.train.iters} steps, evaluating every {cfg.train.eval_every}, "
