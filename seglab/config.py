@@ -4,6 +4,13 @@
 
 Every key is a dataclass field, so a typo is an error that names the key, and a YAML file
 shows every setting a run used (the trainer writes the resolved config to the run directory).
+
+Relative paths in a config file (data.root, model.init_weights) are looked up beside that
+file first: when CONFIG_DIR/PATH exists it becomes that absolute path, so a config works from
+any directory. Otherwise the path is kept as written and read from the current directory (the
+recipes in configs/ name data/... under the repository root, where they are run from).
+Overrides (`data.root=...`) and run_dir are relative to the current directory, as paths typed
+in a shell are.
 """
 
 from __future__ import annotations
@@ -45,6 +52,13 @@ class DataConfig:
     # refuse image/mask files declaring more pixels (decompression bombs); None: the env var
     # SEGLAB_MAX_IMAGE_PIXELS or seglab.data.images.DEFAULT_MAX_IMAGE_PIXELS (~179 MP)
     max_image_pixels: int | None = None
+    # folder layout only (seglab/data/folder_layout.py): sub-folders of root, file suffixes
+    # (mask_suffix: _mask.png for NAME_mask.png) and a hold-out fraction without split files
+    image_dir: str = "images"
+    mask_dir: str = "masks"
+    image_suffix: str | None = None  # None: any of .png .jpg .jpeg .bmp .tif .tiff
+    mask_suffix: str = ".png"
+    val_fraction: float | None = None  # e.g. 0.2: a fixed 20% of the images is `val`
 
 
 @dataclass
@@ -178,6 +192,23 @@ def _merge(target: Any, values: dict[str, Any], prefix: str = "") -> None:
             setattr(target, key, _check_type(value, hints[key], dotted))
 
 
+CONFIG_PATHS = (("data", "root"), ("model", "init_weights"))
+
+
+def resolve_config_path(value: str, folder: Path) -> str:
+    """A path written in a config file in `folder`: absolute beside the file when it exists
+    there, else as written (the current directory's; see the module docstring)."""
+    beside = folder / Path(value).expanduser()
+    return str(beside.absolute()) if beside.exists() else value
+
+
+def _resolve_paths(data: dict[str, Any], folder: Path) -> None:
+    for section, key in CONFIG_PATHS:
+        values = data.get(section)
+        if isinstance(values, dict) and isinstance(values.get(key), str):
+            values[key] = resolve_config_path(values[key], folder)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise SeglabError(f"config file {path} does not exist; see configs/ for the recipes")
@@ -187,6 +218,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise SeglabError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise SeglabError(f"{path}: a config file must be a mapping of sections")
+    _resolve_paths(data, path.parent)
     return data
 
 

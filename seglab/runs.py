@@ -118,6 +118,7 @@ def run_dataset(
     data section (its val split); without a config, `root` is needed and the layout is folder.
     """
     from seglab.data import build_dataset
+    from seglab.data.folder_layout import data_layout
     from seglab.data.images import set_max_image_pixels
     from seglab.data.transforms import eval_transform
 
@@ -132,7 +133,10 @@ def run_dataset(
         root = config.data.root
     split = split or (config.data.val_split if config else "val")
     data_format = data_format or (config.data.format if config else "folder")
-    return build_dataset(data_format, root, split, eval_transform())
+    # the run's folder layout (image/mask folders, suffixes, val_fraction) for its own format
+    same = config is not None and data_format == config.data.format
+    layout = data_layout(config.data) if same else None
+    return build_dataset(data_format, root, split, eval_transform(), layout=layout)
 
 
 __all__ = ["check_inference", "check_window", "resolve_run", "run_dataset", "run_inference"]

@@ -106,8 +106,17 @@ def test_image_listed_in_split_but_missing(dataset_copy):
 
 
 def test_rgb_mask_is_rejected_with_the_fix(dataset_copy):
-    Image.new("RGB", (32, 32)).save(dataset_copy / "masks" / "val_00000.png")
-    with pytest.raises(SeglabError, match="holds colours, not label ids"):
+    # shapes' classes.txt gives every class a colour, so RGB masks are read through them
+    # (tests/test_data_as_it_comes.py); a colour of no class is refused, and without colours
+    # in classes.txt any RGB mask is
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(dataset_copy / "masks" / "val_00000.png")
+    with pytest.raises(SeglabError, match="colour #010203 .* on 1024 pixels is no class's"):
+        check_dataset(FolderDataset(dataset_copy, "val"), progress=False)
+    classes = dataset_copy / "classes.txt"
+    classes.write_text(
+        "".join(line.split()[0] + "\n" for line in classes.read_text().split("\n") if line)
+    )
+    with pytest.raises(SeglabError, match="holds colours, not label ids; to read colour-coded"):
         check_dataset(FolderDataset(dataset_copy, "val"), progress=False)
 
 

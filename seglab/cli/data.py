@@ -17,12 +17,23 @@ def run_shapes(args: argparse.Namespace) -> None:
 def run_check(args: argparse.Namespace) -> None:
     from seglab.data import build_dataset
     from seglab.data.folder import check_dataset
+    from seglab.data.folder_layout import FolderLayout, data_layout
+    from seglab.data.layout_hints import layout_hint
     from seglab.data.summary import dataset_splits, dataset_summary
+    from seglab.errors import SeglabError
 
-    for split in args.split or dataset_splits(args.format, args.root):
-        dataset = build_dataset(args.format, args.root, split)
-        check_dataset(dataset, progress=not args.quiet)
-        print(dataset_summary(dataset) + "; all readable, sizes match, labels in range")
+    layout = data_layout(args)  # --image-dir, --mask-suffix, ... as the data.* keys
+    try:
+        splits = args.split or dataset_splits(args.format, args.root)
+        if layout is not None and layout.val_fraction is not None and splits == ["all"]:
+            splits = ["train", "val"]
+        for split in splits:
+            dataset = build_dataset(args.format, args.root, split, layout=layout)
+            check_dataset(dataset, progress=not args.quiet)
+            print(dataset_summary(dataset) + "; all readable, sizes match, labels in range")
+    except SeglabError as error:
+        hint = layout_hint(args.root, args.format, layout or FolderLayout())
+        raise SeglabError(f"{error}; {hint}" if hint else str(error)) from None
 
 
 def run_stats(args: argparse.Namespace) -> None:
@@ -73,6 +84,12 @@ def declare_data(parser: argparse.ArgumentParser) -> None:
     check.add_argument("root")
     check.add_argument("--format", default="folder", help=format_help)
     check.add_argument("--split", action="append", help="split(s) to check (default: all)")
+    folder_only = "folder format, as data.{}"
+    for flag, default in (("image-dir", "images"), ("mask-dir", "masks"), ("mask-suffix", ".png")):
+        key = flag.replace("-", "_")
+        check.add_argument(f"--{flag}", default=default, help=folder_only.format(key))
+    check.add_argument("--image-suffix", help="e.g. .jpg (default any image extension)")
+    check.add_argument("--val-fraction", type=float, help="hold-out fraction without split files")
     check.set_defaults(func=run_check)
     stats = tools.add_parser(
         "stats", help="per-class pixel frequencies and SegNet weights", **layouts

@@ -7,11 +7,14 @@
                            PNG), 255 = ignore
       label_map.txt        optional: `STORED NEW` per line, mask values to rewrite on reading,
                            e.g. `255 1` for binary masks saved as 0/255
-      train.txt, val.txt   one NAME per line; without split files every image is in `all`
+      train.txt, val.txt   one NAME per line; without split files every image is in `all`,
+                           or data.val_fraction splits them (seglab/data/folder_layout.py)
 
 `check_dataset` reads every file once before training and reports the first problem as one
 line naming the file and the fix. Files are read by seglab/data/images.py (EXIF orientation,
 16-bit masks, the decompression-bomb limit; its docstring lists what each file mode becomes).
+Other folder names and file suffixes (NAME_mask.png) are a FolderLayout (data/folder_layout.py);
+RGB masks are read through classes.txt's colours when every class has one (data/colour_masks.py).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from seglab.data.colour_masks import read_mask_values
+from seglab.data.folder_layout import IMAGE_SUFFIXES, FolderLayout  # noqa: F401 (re-exported)
 from seglab.data.images import (
     SWAPPING_ORIENTATIONS,
     read_label_values,
@@ -43,13 +48,12 @@ from seglab.data.labels import (
 from seglab.data.registry import register_dataset
 from seglab.errors import SeglabError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-
 
 @dataclass(frozen=True)
 class ClassInfo:
     names: list[str]
     colors: list[tuple[int, int, int]]
+    colour_coded: bool = False  # every line gives a colour: RGB masks are read through them
 
     @property
     def num_classes(self) -> int:
@@ -71,7 +75,7 @@ def read_classes_file(path: Path) -> ClassInfo:
         raise SeglabError(
             f"{path} is missing; write one class name per line (optionally `name #rrggbb`)"
         )
-    names, colors, numbers = [], [], []
+    names, colors, numbers, given = [], [], [], []
     lines = [line.strip() for line in path.read_text().splitlines()]
     palette = default_palette(len(lines))
     for number, line in enumerate(lines, start=1):
@@ -91,6 +95,7 @@ def read_classes_file(path: Path) -> ClassInfo:
             rgb = palette[len(names)]
         names.append(name.strip())
         colors.append(rgb)
+        given.append(bool(colour))
         numbers.append(number)
     if not names:
         raise SeglabError(f"{path} lists no classes; write one class name per line")
@@ -101,7 +106,7 @@ def read_classes_file(path: Path) -> ClassInfo:
                 f"{path}: class name {name!r} appears on lines {', '.join(lines_of)}; every "
                 "class needs its own name (one line per class id)"
             )
-    return ClassInfo(names, colors)
+    return ClassInfo(names, colors, all(given))
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -110,10 +115,16 @@ def read_image(path: Path) -> np.ndarray:
     return read_rgb(path)
 
 
-def read_mask(path: Path, label_map: dict[int, int] | None = None) -> np.ndarray:
-    """(H, W) uint8 label ids: the mask's true values (8- or 16-bit, see data/images.py),
-    rewritten by `label_map`; a value outside 0..255 is a SeglabError that names it."""
-    values = read_label_values(path)
+def read_mask(
+    path: Path, label_map: dict[int, int] | None = None, classes: ClassInfo | None = None
+) -> np.ndarray:
+    """(H, W) uint8 label ids: the mask's true values (8- or 16-bit, see data/images.py), or
+    an RGB mask's colours looked up in `classes` (data/colour_masks.py), rewritten by
+    `label_map`; a value outside 0..255 is a SeglabError that names it."""
+    if classes is None:
+        values = read_label_values(path)
+    else:
+        values = read_mask_values(path, classes.colors, classes.colour_coded)
     if label_map:
         values = apply_label_map(values, label_map)
     if values.dtype != np.uint8:
@@ -154,12 +165,27 @@ class FolderDataset(torch.utils.data.Dataset):
     Returns (image, mask): the transform's output, by default (3, H, W) uint8 and (H, W) int64.
     """
 
-    def __init__(self, root: str | Path, split: str = "train", transform=None, cache: bool = False):
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        transform=None,
+        cache: bool = False,
+        layout: FolderLayout | None = None,
+    ):
         self.root = Path(root)
+        self.layout = layout or FolderLayout()
         if not self.root.is_dir():
-            raise SeglabError(
-                f"dataset folder {self.root} does not exist; try `seglab data shapes`"
+            shapes = Path(root).as_posix().rstrip("/").endswith("data/shapes")
+            hint = (
+                "generate it with `seglab data shapes data/shapes`"
+                if shapes
+                else (
+                    "a relative data.root in a config file is looked up beside the config, "
+                    "then from the current directory"
+                )
             )
+            raise SeglabError(f"dataset folder {self.root.absolute()} does not exist; {hint}")
         self.classes = read_classes_file(self.root / "classes.txt")
         self.split = split
         self.names = self._read_split(split)
@@ -174,14 +200,13 @@ class FolderDataset(torch.utils.data.Dataset):
 
     def _read_split(self, split: str) -> list[str]:
         split_file = self.root / f"{split}.txt"
+        drawn = self.layout.fraction_split(self.root, split)
         if split_file.is_file():
             names = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
         elif split == "all":
-            names = sorted(
-                p.stem
-                for p in (self.root / "images").glob("*")
-                if p.suffix.lower() in IMAGE_SUFFIXES
-            )
+            names = self.layout.all_names(self.root)
+        elif drawn is not None:
+            names = drawn
         else:
             raise SeglabError(
                 f"{split_file} is missing; list the images of split {split!r} there, one per line"
@@ -192,16 +217,17 @@ class FolderDataset(torch.utils.data.Dataset):
 
     def image_path(self, index: int) -> Path:
         name = self.names[index]
-        for suffix in IMAGE_SUFFIXES:
-            path = self.root / "images" / f"{name}{suffix}"
-            if path.is_file():
-                return path
-        raise SeglabError(
-            f"{self.root / 'images' / name}.*: no image for {name!r} listed in {self.split}.txt"
-        )
+        path = self.layout.image_path(self.root, name)
+        if path is None:
+            suffix = self.layout.image_suffix or ".*"
+            raise SeglabError(
+                f"{self.root / self.layout.image_dir / name}{suffix}: no image for {name!r} "
+                f"listed in {self.split}.txt"
+            )
+        return path
 
     def mask_path(self, index: int) -> Path:
-        return self.root / "masks" / f"{self.names[index]}.png"
+        return self.layout.mask_path(self.root, self.names[index])
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """(H, W, 3) uint8 image and (H, W) uint8 mask, unchecked."""
@@ -209,7 +235,7 @@ class FolderDataset(torch.utils.data.Dataset):
             return self._cache[index]
         sample = (
             read_image(self.image_path(index)),
-            read_mask(self.mask_path(index), self.label_map),
+            read_mask(self.mask_path(index), self.label_map, self.classes),
         )
         if self._cache is not None:
             self._cache[index] = sample

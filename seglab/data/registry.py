@@ -74,9 +74,13 @@ def dataset_class(format: str, key: str = "data.format") -> type:
     return info.cls
 
 
-def build_dataset(format: str, root, split: str, transform=None, cache: bool = False):
-    """The dataset of `format` at `root`, split `split` (see dataset_formats())."""
-    return dataset_class(format)(root, split, transform, cache)
+def build_dataset(format: str, root, split: str, transform=None, cache: bool = False, layout=None):
+    """The dataset of `format` at `root`, split `split` (see dataset_formats()); `layout`: a
+    folder dataset's FolderLayout (seglab/data/folder_layout.py data_layout), None: default."""
+    cls = dataset_class(format)
+    if layout is None:
+        return cls(root, split, transform, cache)
+    return cls(root, split, transform, cache, layout=layout)
 
 
 def formats_markdown_table() -> str:

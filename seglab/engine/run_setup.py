@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, default_collate
 from seglab.config import Config
 from seglab.data import build_dataset
 from seglab.data.folder import FolderDataset, check_dataset
+from seglab.data.folder_layout import data_layout
 from seglab.data.images import set_max_image_pixels
 from seglab.data.transforms import eval_transform, train_transform
 from seglab.engine.distributed import World
@@ -47,8 +48,9 @@ def build_datasets(
     d = cfg.data
     set_max_image_pixels(d.max_image_pixels)  # the decompression-bomb limit (data/images.py)
     augment = train_transform(d.crop_size, d.scale_range, d.hflip, augment=d.augment)
-    train_set = build_dataset(d.format, d.root, d.train_split, augment, d.cache)
-    val_set = build_dataset(d.format, d.root, d.val_split, eval_transform(), d.cache)
+    layout = data_layout(d)  # data.image_dir, mask_suffix, val_fraction, ... (folder only)
+    train_set = build_dataset(d.format, d.root, d.train_split, augment, d.cache, layout)
+    val_set = build_dataset(d.format, d.root, d.val_split, eval_transform(), d.cache, layout)
     if check:
         check_dataset(train_set, progress=progress)
         check_dataset(val_set, progress=progress)
