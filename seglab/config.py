@@ -68,9 +68,10 @@ class OptimConfig:
     head_lr_mult: float = 1.0  # lr factor for everything outside model.encoder (DeepLab: 10)
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    schedule: str = "poly"  # poly | step | constant
+    schedule: str = "poly"  # poly | step | multistep | constant
     power: float = 0.9  # poly: lr * (1 - t / T) ** power
     step_size: int = 2000  # step: lr * gamma ** (t // step_size)
+    milestones: list[int] | None = None  # multistep: lr * gamma ** (milestones passed), Mask R-CNN
     gamma: float = 0.1
     warmup_iters: int = 0  # linear warm-up from lr / 100
     grad_clip: float | None = None  # max global gradient norm

@@ -24,6 +24,7 @@ class Predictions:
 
     written: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)  # (image, one-line reason)
+    results: Path | None = None  # instance weights: the COCO results JSON (written: overlays)
 
 
 def collect_images(inputs: Sequence[str | Path]) -> list[tuple[Path, Path]]:
@@ -98,8 +99,15 @@ def predict_files(
     from seglab.engine.report import overlay
     from seglab.inference import Segmenter
     from seglab.runs import check_window, resolve_run, run_inference
+    from seglab.weights import read_weights_meta
 
     weights, config = resolve_run(checkpoint)
+    if read_weights_meta(weights).get("task") == "instance":  # masks, boxes, scores per object
+        if crf or labelids:
+            raise SeglabError(f"{weights}: an instance model takes neither --crf nor --labelids")
+        from seglab.instance_predict import predict_instance_files
+
+        return predict_instance_files(weights, collect_images(inputs), out, progress)
     segmenter = Segmenter.from_checkpoint(weights, "auto", run_inference(config, inference), crf)
     images = collect_images(inputs)
     check_window(segmenter.model, segmenter.inference)

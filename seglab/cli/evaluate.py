@@ -33,6 +33,11 @@ def run_eval(args: argparse.Namespace) -> None:
         progress=not args.quiet,
         data_format=args.format,
     )
+    if "summary" in metrics:  # instance weights: COCO AP (seglab/engine/instance_eval.py)
+        ap = {key: "-" if v is None else f"{100 * v:.1f}" for key, v in metrics["summary"].items()}
+        print(f"mask AP {ap['mask_AP']}  AP50 {ap['mask_AP50']}  AP75 {ap['mask_AP75']}  "
+              f"box AP {ap['box_AP']}  AP50 {ap['box_AP50']}\nreport: {report}")  # fmt: skip
+        return
     print(
         f"mIoU {100 * metrics['mean_iou']:.2f}  pixel acc {100 * metrics['pixel_accuracy']:.2f}"
         f"  mean acc {100 * metrics['mean_accuracy']:.2f}  FWIoU {100 * metrics['fw_iou']:.2f}"

@@ -23,10 +23,13 @@ def run_predict(args: argparse.Namespace) -> int:
         labelids=args.labelids,
     )
     out = Path(args.out)
-    print(
-        f"wrote {len(result.written)} label maps to {out / 'labels'} and overlays to "
-        f"{out / 'overlays'}"
-    )
+    if result.results is not None:  # instance weights
+        print(f"wrote {result.results} and {len(result.written)} overlays to {out / 'overlays'}")
+    else:
+        print(
+            f"wrote {len(result.written)} label maps to {out / 'labels'} and overlays to "
+            f"{out / 'overlays'}"
+        )
     if not result.failed:
         return 0
     print(f"seglab: error: {len(result.failed)} image(s) could not be labelled:", file=sys.stderr)

@@ -23,7 +23,7 @@ from seglab.errors import SeglabError
 from seglab.inference import predict_probabilities
 from seglab.metrics import ConfusionMatrix
 from seglab.runs import check_window, resolve_run, run_dataset, run_inference
-from seglab.weights import load_weights
+from seglab.weights import load_weights, read_weights_meta
 
 
 def _check_classes(weights: Path, meta: dict, dataset) -> None:
@@ -56,6 +56,12 @@ def evaluate_checkpoint(
     report.md path; report.html beside it).
     """
     weights, config = resolve_run(checkpoint)
+    if read_weights_meta(weights).get("task") == "instance":  # Mask R-CNN: COCO mask/box AP
+        from seglab.instance_predict import evaluate_instance_checkpoint
+
+        return evaluate_instance_checkpoint(
+            weights, data_root, split, out, num_overlays, progress, data_format
+        )
     inference = run_inference(config, inference)
     dataset = run_dataset(config, data_root, split, data_format)
     check_dataset(dataset, progress)

@@ -50,10 +50,14 @@ def lr_factor(step: int, total: int, cfg: OptimConfig) -> float:
         factor = (1 - min(step, total) / total) ** cfg.power
     elif cfg.schedule == "step":
         factor = cfg.gamma ** (step // cfg.step_size)
+    elif cfg.schedule == "multistep":  # Detectron's: x gamma at each of optim.milestones
+        factor = cfg.gamma ** sum(step >= milestone for milestone in cfg.milestones or ())
     elif cfg.schedule == "constant":
         factor = 1.0
     else:
-        raise SeglabError(f"optim.schedule {cfg.schedule!r} is not one of: poly, step, constant")
+        raise SeglabError(
+            f"optim.schedule {cfg.schedule!r} is not one of: poly, step, multistep, constant"
+        )
     if step < cfg.warmup_iters:  # linear warm-up from 1 % of the scheduled lr
         factor *= 0.01 + 0.99 * step / cfg.warmup_iters
     return factor

@@ -122,14 +122,26 @@ class RunLog:
         with self.path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
 
-    def train(self, step: int, loss: float, lr: float, images_per_s: float) -> None:
+    def train(
+        self, step: int, loss: float, lr: float, images_per_s: float, terms: dict | None = None
+    ) -> None:
+        """terms: the loss's parts by name (an instance model's loss dict), logged beside it."""
         if not self.is_main:
             return
+        parts = {key: round(value, 5) for key, value in (terms or {}).items()}
         self._append(
-            {"step": step, "loss": round(loss, 5), "lr": lr, "images_per_s": round(images_per_s, 2)}
+            {
+                "step": step,
+                "loss": round(loss, 5),
+                **parts,
+                "lr": lr,
+                "images_per_s": round(images_per_s, 2),
+            }
         )
         if self.writer is not None:
             self.writer.add_scalar("train/loss", loss, step)
+            for key, value in parts.items():
+                self.writer.add_scalar(f"train/{key}", value, step)
             self.writer.add_scalar("train/lr", lr, step)
 
     def val(self, step: int, summary: dict, model, val_set, device: torch.device) -> None:
@@ -142,7 +154,8 @@ class RunLog:
                 for name, number in values.items():
                     if number is not None:
                         self.writer.add_scalar(f"val/{key}/{name}".rstrip("/"), number, step)
-            _log_sample_prediction(self.writer, model, val_set, device, step)
+            if getattr(model, "task", "semantic") == "semantic":  # a picture of labels
+                _log_sample_prediction(self.writer, model, val_set, device, step)
 
     def close(self) -> None:
         if self.writer is not None:

@@ -11,18 +11,19 @@ import torch
 from torch.utils.data import DataLoader, default_collate
 
 from seglab.config import Config
-from seglab.data import build_dataset
+from seglab.data import build_dataset, dataset_class
 from seglab.data.folder import FolderDataset, check_dataset
 from seglab.data.folder_layout import data_layout
 from seglab.data.images import set_max_image_pixels
 from seglab.data.transforms import eval_transform, train_transform
 from seglab.engine.distributed import World
+from seglab.engine.instance_step import check_task, collate_instances, dataset_task
 from seglab.engine.sampler import TrainSampler
 from seglab.errors import SeglabError
 from seglab.head_start import load_matching_weights
 from seglab.losses import SegmentationLoss, dataset_median_frequency_weights
 from seglab.models import SegmentationModel, create_model
-from seglab.models.registry import FIXED_ARGUMENTS
+from seglab.models.registry import FIXED_ARGUMENTS, model_info
 
 SIZES_DIFFER = "images of different sizes in one batch ({}); set data.crop_size (e.g. [512, 512])"
 
@@ -47,14 +48,25 @@ def build_datasets(
     """Train and val datasets of cfg.data, each read once by the label check."""
     d = cfg.data
     set_max_image_pixels(d.max_image_pixels)  # the decompression-bomb limit (data/images.py)
-    augment = train_transform(d.crop_size, d.scale_range, d.hflip, augment=d.augment)
+    augment, plain = _transforms(d)
     layout = data_layout(d)  # data.image_dir, mask_suffix, val_fraction, ... (folder only)
     train_set = build_dataset(d.format, d.root, d.train_split, augment, d.cache, layout)
-    val_set = build_dataset(d.format, d.root, d.val_split, eval_transform(), d.cache, layout)
+    val_set = build_dataset(d.format, d.root, d.val_split, plain, d.cache, layout)
     if check:
         check_dataset(train_set, progress=progress)
         check_dataset(val_set, progress=progress)
     return train_set, val_set
+
+
+def _transforms(d):
+    """(train, eval) transforms of data config `d`; instance data (data.format coco) is only
+    flipped: Mask R-CNN resizes and normalises inside the model."""
+    if getattr(dataset_class(d.format), "task", "semantic") == "instance":
+        from seglab.data.coco import InstanceTransform
+
+        return InstanceTransform(d.hflip), None
+    augment = train_transform(d.crop_size, d.scale_range, d.hflip, augment=d.augment)
+    return augment, eval_transform()
 
 
 def image_channels(dataset: FolderDataset) -> int:
@@ -101,6 +113,8 @@ def build_model(
                 "images); remove it from the config"
             )
     channels = image_channels(train_set)
+    model_task = model_info(cfg.model.name).cls.task
+    check_task(cfg.model.name, model_task, cfg.data.format, train_set)
     model = create_model(cfg.model.name, train_set.num_classes, channels, **cfg.model.options)
     if cfg.model.init_weights and not resume:  # name-and-shape matches; the rest stay fresh
         print(f"model.init_weights {load_matching_weights(model, cfg.model.init_weights).message}")
@@ -166,7 +180,7 @@ def build_loader(
         sampler=TrainSampler(len(train_set), batch, cfg.train.seed, step, world.rank, world.size),
         num_workers=cfg.data.num_workers,
         pin_memory=device.type == "cuda",
-        collate_fn=collate_same_size,
+        collate_fn=collate_instances if dataset_task(train_set) == "instance" else collate_same_size,  # noqa: E501
         generator=torch.Generator(),  # keeps DataLoader off the global RNG (exact resume)
     )
 

@@ -33,6 +33,7 @@ from seglab.data.folder import FolderDataset
 from seglab.engine.checkpoint import load_resume, save_resume, set_rng_state
 from seglab.engine.curves import write_curves
 from seglab.engine.distributed import World, any_rank, close_world, init_world, mean_over_ranks
+from seglab.engine.instance_step import evaluate_instances_during_training, instance_losses
 from seglab.engine.optim import build_optimizer, build_scheduler
 from seglab.engine.run_feedback import (
     Console,
@@ -61,6 +62,8 @@ from seglab.models import SegmentationModel
 from seglab.weights import load_state_checked, save_weights
 
 __all__ = ["Trainer", "build_datasets", "train"]
+
+_SCORE_KEY = {"semantic": "mean_iou", "instance": "mask_AP"}  # what "best" means, per task
 
 
 def train(
@@ -93,7 +96,10 @@ class Trainer:
         self.cfg, self.world, self.device = cfg, world, device
         self.model = self.net = model  # net: the DDP / compiled wrapper once `wrap` ran
         self.class_weights = weights
-        self.criterion = build_loss(cfg, model, weights, device)
+        # An instance model (Mask R-CNN) computes its own loss dict (engine/instance_step.py).
+        self.instance = model.task == "instance"
+        self.criterion = None if self.instance else build_loss(cfg, model, weights, device)
+        self.loss_terms: dict[str, float] = {}  # the last step's loss dict, logged per term
         self.optimizer = build_optimizer(model, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.train.iters)
         self.amp_dtype = amp_dtype(cfg, device)
@@ -156,16 +162,24 @@ class Trainer:
         cfg, accumulate = self.cfg, self.cfg.train.accumulate
         self.optimizer.zero_grad(set_to_none=True)
         step_loss = torch.zeros((), device=self.device)
+        terms: dict[str, torch.Tensor] = {}
         for micro in range(accumulate):
-            images, masks, pixel_weights = self._micro_batch(batches)
             last = micro == accumulate - 1
             sync = nullcontext() if last or not self.world.distributed else self.net.no_sync()
             with sync:
                 with torch.autocast(self.device.type, self.amp_dtype, enabled=cfg.train.amp):
-                    outputs = self.net(images)
-                    loss = self.criterion(outputs, masks, pixel_weights) / accumulate
+                    if self.instance:
+                        losses = instance_losses(self.net, next_batch(batches), self.device)
+                        for key, value in losses.items():
+                            terms[key] = terms.get(key, 0) + value.detach() / accumulate
+                        loss = sum(losses.values()) / accumulate
+                    else:
+                        images, masks, pixel_weights = self._micro_batch(batches)
+                        outputs = self.net(images)
+                        loss = self.criterion(outputs, masks, pixel_weights) / accumulate
                 self.scaler.scale(loss).backward()
             step_loss += loss.detach()
+        self.loss_terms = {key: mean_over_ranks(value).item() for key, value in terms.items()}
         self.scaler.unscale_(self.optimizer)  # no-op without fp16 scaling: the true norm
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self.model.parameters(), cfg.optim.grad_clip or math.inf
@@ -239,7 +253,7 @@ def _train(
         console.say(step, f"resumed from step {step} ({resume_path})")
         if world.is_main:
             write_curves(run_dir)  # drawn again from the log cut back to the checkpoint
-    score_key = "mean_iou"
+    score_key = _SCORE_KEY[model.task]
 
     def save_state() -> None:
         if world.is_main:
@@ -263,7 +277,7 @@ def _train(
         if step % cfg.train.log_every == 0 or step == cfg.train.iters:
             mean_loss = mean_over_ranks(loss).item()
             images_per_s = steps_timed * cfg.data.batch_size / (time.perf_counter() - tic)
-            log.train(step, mean_loss, trainer.lr, images_per_s)
+            log.train(step, mean_loss, trainer.lr, images_per_s, trainer.loss_terms)
             bar.set_postfix(
                 loss=f"{mean_loss:.3f}", lr=f"{trainer.lr:.2e}", img_s=f"{images_per_s:.1f}"
             )
@@ -309,7 +323,11 @@ def _evaluate(
     log: RunLog,
 ) -> dict:
     """Evaluate on val (each rank a shard), log the scores and return them: mean_iou, the
-    validation loss and per-class IoU (engine/run_feedback.py)."""
-    scores = evaluate_semantic(cfg, world, device, model, val_set)
+    validation loss and per-class IoU (engine/run_feedback.py); instance models: mask_AP,
+    on the whole split."""
+    if model.task == "instance":
+        scores = evaluate_instances_during_training(model, val_set, device)
+    else:
+        scores = evaluate_semantic(cfg, world, device, model, val_set)
     log.val(step, scores, model, val_set, device)
     return scores

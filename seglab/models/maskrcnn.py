@@ -32,8 +32,13 @@ from torch import nn
 from torchvision.models import resnet
 from torchvision.models.detection import mask_rcnn
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
-from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, RPNHead
+from torchvision.models.detection.faster_rcnn import (
+    FastRCNNConvFCHead,
+    FastRCNNPredictor,
+    RPNHead,
+)
 from torchvision.ops import misc as misc_ops
+from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
 from seglab.errors import SeglabError
 from seglab.models.base import SegmentationModel
@@ -69,6 +74,7 @@ def build_torchvision_maskrcnn(
     pretrained: str | None = None,
     trainable_layers: int | None = None,
     frozen_bn: bool | None = None,
+    width: int = 256,
     **kwargs: Any,
 ) -> mask_rcnn.MaskRCNN:
     """torchvision's MaskRCNN as maskrcnn_resnet50_fpn(_v2) builds it, on any ResNet.
@@ -76,6 +82,8 @@ def build_torchvision_maskrcnn(
     frozen_bn None: torchvision's rule (frozen statistics and affine with pretrained weights,
     as the paper, ordinary BatchNorm from scratch); v2 keeps BatchNorm unless frozen_bn.
     trainable_layers None: torchvision's (3 stages when pretrained, all 5 from scratch).
+    width: channels of the FPN and of the mask head's convolutions (torchvision's 256; the
+    mask head is most of a CPU step: 64 makes it 16 times cheaper).
     kwargs: MaskRCNN's (min_size, max_size, box_batch_size_per_image, ...).
     """
     _check_options(version, backbone, pretrained, num_classes)
@@ -87,22 +95,35 @@ def build_torchvision_maskrcnn(
     norm = misc_ops.FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
     weights = "DEFAULT" if pretrained == "imagenet" else None  # downloads on a user's machine
     body = getattr(resnet, backbone)(weights=weights, norm_layer=norm)
+    fpn_norm = None if version == "v1" else nn.BatchNorm2d
+    fpn = _resnet_fpn_extractor(body, trainable_layers, norm_layer=fpn_norm)
+    if width != fpn.out_channels:  # the same pyramid, narrower
+        stage2 = body.inplanes // 8  # layer1's output channels
+        levels = [stage2 * 2**i for i in range(4)]
+        fpn.fpn = FeaturePyramidNetwork(levels, width, LastLevelMaxPool(), norm_layer=fpn_norm)
+        fpn.out_channels = width
+        head_norm = None if version == "v1" else nn.BatchNorm2d
+        kwargs["mask_head"] = mask_rcnn.MaskRCNNHeads(width, [width] * 4, 1, norm_layer=head_norm)
+        kwargs["mask_predictor"] = mask_rcnn.MaskRCNNPredictor(width, width, num_classes)
+        kwargs["box_predictor"] = FastRCNNPredictor(1024, num_classes)  # torchvision's own
+    classes = None if "box_predictor" in kwargs else num_classes  # torchvision wants one
     if version == "v1":
-        fpn = _resnet_fpn_extractor(body, trainable_layers)
-        model = mask_rcnn.MaskRCNN(fpn, num_classes=num_classes, **kwargs)
+        model = mask_rcnn.MaskRCNN(fpn, num_classes=classes, **kwargs)
     else:
-        fpn = _resnet_fpn_extractor(body, trainable_layers, norm_layer=nn.BatchNorm2d)
         anchors = mask_rcnn._default_anchorgen()
         channels = fpn.out_channels
+        kwargs.setdefault(
+            "mask_head",
+            mask_rcnn.MaskRCNNHeads(channels, [256] * 4, 1, norm_layer=nn.BatchNorm2d),
+        )
         model = mask_rcnn.MaskRCNN(
             fpn,
-            num_classes=num_classes,
+            num_classes=classes,
             rpn_anchor_generator=anchors,
             rpn_head=RPNHead(channels, anchors.num_anchors_per_location()[0], conv_depth=2),
             box_head=FastRCNNConvFCHead(
-                (channels, 7, 7), [256] * 4, [1024], norm_layer=nn.BatchNorm2d
+                (channels, 7, 7), [channels] * 4, [1024], norm_layer=nn.BatchNorm2d
             ),
-            mask_head=mask_rcnn.MaskRCNNHeads(channels, [256] * 4, 1, norm_layer=nn.BatchNorm2d),
             **kwargs,
         )
     if pretrained == "coco":
@@ -116,7 +137,7 @@ def build_torchvision_maskrcnn(
     # The paper's BatchNorm is frozen (ImageNet statistics); torchvision's count is that model's.
     paper_options={"num_classes": 91, "frozen_bn": True},
     paper_params=44_401_393,
-    small_options={"backbone": "resnet18", "min_size": 64, "max_size": 64},
+    small_options={"backbone": "resnet18", "width": 32, "min_size": 64, "max_size": 64},
 )
 class MaskRCNN(SegmentationModel):
     """Mask R-CNN with an FPN on a ResNet; see the module docstring for inputs and outputs.
@@ -125,6 +146,7 @@ class MaskRCNN(SegmentationModel):
         BatchNorm in the FPN and heads, a 4-conv box head, two RPN convs).
     backbone: resnet50 (the paper) or resnet18/34 (small, for CPUs and tests), resnet101.
     pretrained: None, "imagenet" (backbone) or "coco" (the whole torchvision model).
+    width: FPN and mask-head channels (the paper's 256; 64 for CPUs).
     min_size, max_size: the resize inside the model (the paper's 800 / 1333).
     box_batch_size_per_image: sampled RoIs per image for the box and mask heads (paper 512).
     box_detections_per_img: at most this many detections per image (COCO's 100).
@@ -141,6 +163,7 @@ class MaskRCNN(SegmentationModel):
         pretrained: str | None = None,
         trainable_layers: int | None = None,
         frozen_bn: bool | None = None,
+        width: int = 256,
         min_size: int = 800,
         max_size: int = 1333,
         box_batch_size_per_image: int = 512,
@@ -158,6 +181,7 @@ class MaskRCNN(SegmentationModel):
             pretrained,
             trainable_layers,
             frozen_bn,
+            width,
             min_size=min_size,
             max_size=max_size,
             box_batch_size_per_image=box_batch_size_per_image,
