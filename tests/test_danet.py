@@ -5,32 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from resnet_count import bn as _bn
+from resnet_count import conv as _conv
+from resnet_count import resnet_params
 from short_training import short_training_scores
 
 from seglab.losses import SegmentationLoss
 from seglab.models import MODELS, count_parameters, create_model
 from seglab.models.danet import ChannelAttention, PositionAttention, position_attention
-
-
-def _conv(cin: int, cout: int, k: int, bias: bool = False) -> int:
-    return cin * cout * k * k + (cout if bias else 0)
-
-
-def _bn(c: int) -> int:
-    return 2 * c
-
-
-def resnet_params(layers: tuple[int, ...]) -> int:
-    """ResNet-50/101 with the plain 7x7 stem, no fc, counted from the layer table."""
-    total, cin = _conv(3, 64, 7) + _bn(64), 64
-    for planes, blocks in zip((64, 128, 256, 512), layers, strict=True):
-        for block in range(blocks):
-            total += _conv(cin, planes, 1) + _bn(planes) + _conv(planes, planes, 3) + _bn(planes)
-            total += _conv(planes, 4 * planes, 1) + _bn(4 * planes)
-            if block == 0:  # projection shortcut
-                total += _conv(cin, 4 * planes, 1) + _bn(4 * planes)
-            cin = 4 * planes
-    return total
 
 
 def danet_head_params(cin: int, num_classes: int) -> int:

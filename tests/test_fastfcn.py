@@ -7,6 +7,9 @@ import math
 
 import pytest
 import torch
+from resnet_count import bn as _bn
+from resnet_count import conv as _conv
+from resnet_count import resnet_params
 from short_training import short_training_scores
 
 from seglab.losses import SegmentationLoss
@@ -14,28 +17,8 @@ from seglab.models import MODELS, count_parameters, create_model
 from seglab.models.fastfcn import JPU, Encoding
 
 
-def _conv(cin: int, cout: int, k: int, bias: bool = False) -> int:
-    return cin * cout * k * k + (cout if bias else 0)
-
-
-def _bn(c: int) -> int:
-    return 2 * c
-
-
 def deep_stem_resnet(layers: tuple[int, ...]) -> int:
-    """ResNet with PyTorch-Encoding's deep stem (3x3 convs 64/s2, 64, 128), no fc."""
-    total, cin = 0, 3
-    for c in (64, 64, 128):
-        total += _conv(cin, c, 3) + _bn(c)
-        cin = c
-    for planes, blocks in zip((64, 128, 256, 512), layers, strict=True):
-        for block in range(blocks):
-            total += _conv(cin, planes, 1) + _bn(planes) + _conv(planes, planes, 3) + _bn(planes)
-            total += _conv(planes, 4 * planes, 1) + _bn(4 * planes)
-            if block == 0:
-                total += _conv(cin, 4 * planes, 1) + _bn(4 * planes)
-            cin = 4 * planes
-    return total
+    return resnet_params(layers, deep_stem=True)
 
 
 def jpu_params(width: int = 512) -> int:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import torch
+from resnet_count import bn as _bn
+from resnet_count import conv as _conv
+from resnet_count import resnet_params
 from short_training import short_training_scores
 
 from seglab.losses import SegmentationLoss
@@ -10,28 +13,9 @@ from seglab.models import MODELS, count_parameters, create_model
 from seglab.models.pspnet import PyramidPooling
 
 
-def _conv(cin: int, cout: int, k: int) -> int:
-    return cin * cout * k * k
-
-
-def _bn(c: int) -> int:
-    return 2 * c
-
-
 def _deep_stem_resnet(layers: tuple[int, ...]) -> int:
     """ResNet-50/101 with PSPNet's stem (3x3 convs 64/s2, 64, 128), no fc, counted by hand."""
-    total, cin = 0, 3
-    for c in (64, 64, 128):
-        total += _conv(cin, c, 3) + _bn(c)
-        cin = c
-    for planes, blocks in zip((64, 128, 256, 512), layers, strict=True):
-        for block in range(blocks):
-            total += _conv(cin, planes, 1) + _bn(planes) + _conv(planes, planes, 3) + _bn(planes)
-            total += _conv(planes, 4 * planes, 1) + _bn(4 * planes)
-            if block == 0:  # projection shortcut
-                total += _conv(cin, 4 * planes, 1) + _bn(4 * planes)
-            cin = 4 * planes
-    return total
+    return resnet_params(layers, deep_stem=True)
 
 
 def _pspnet_params(layers: tuple[int, ...], num_classes: int) -> int:
