@@ -126,3 +126,22 @@ def test_short_training_beats_chance(shapes_root, tmp_path):
     options = "{head_channels: 32, aux_head_channels: 32}"  # Xception39 from scratch
     scores = short_training_scores(shapes_root, tmp_path / "run", "bisenet", options, iters=30)
     assert scores["mean_accuracy"] > 2 / 6, scores
+
+
+def test_fresh_xception39_bisenet_gives_order_one_logits_in_eval_mode():
+    """Eval-mode BN of a fresh model is the identity (running mean 0, var 1), so the logit scale
+    of a normalised N(0, 1) image is what the init makes of it. An init that preserves the
+    second moment (Kaiming on the new layers, as TorchSeg) gives std O(1) (the other seglab
+    models give 0.1-1.5). 100 is far above that and far below a compounding init: a per-block
+    std growth of only 1.34 over Xception39's 16 residual blocks already exceeds it (1.34^16 >
+    100); Kaiming on every depthwise and pointwise conv gave std ~1e7. Batch 1 must equal batch
+    2's first image (eval mode has no cross-sample coupling; large logits broke this by 0.2)."""
+    torch.manual_seed(0)
+    model = create_model("bisenet", 19).eval()
+    image = torch.randn(2, 3, 64, 128)
+    with torch.no_grad():
+        logits = model(image)
+        single = model(image[:1])
+    assert torch.isfinite(logits).all()
+    assert 1e-3 < logits.std().item() < 100
+    torch.testing.assert_close(single, logits[:1], rtol=1e-4, atol=1e-4)

@@ -192,8 +192,8 @@ class BiSeNet(SegmentationModel):
     weight decay 1e-4, scales 0.75-2.0) differs from the code's (lr 1e-2 with 10x on the new
     modules, weight decay 5e-4): configs/bisenet_*_cityscapes.yaml use the code's and name the
     paper's. Heads are upsampled straight to the input size (the code multiplies by 8 / 16,
-    the same on sizes divisible by 32). ImageNet BN statistics aside, the new layers are
-    Kaiming-normal initialised as in the code.
+    the same on sizes divisible by 32). As in the code, the new layers are Kaiming-normal
+    initialised and the context path keeps its own init (PyTorch's default for Xception39).
     """
 
     def __init__(
@@ -237,8 +237,14 @@ class BiSeNet(SegmentationModel):
         self.label_stride = 8 if downsample_labels else 1
         self.align_corners = align_corners
         for name, module in self.named_modules():
-            if name.startswith("encoder") and context_path != "xception39":
-                continue  # timm's own init (or its ImageNet weights)
+            # TorchSeg's train.py Kaiming-initialises only the `business_layer` (spatial path,
+            # ARMs, FFM, heads); the context path keeps its own init: timm's (or ImageNet
+            # weights) for the ResNets, PyTorch's default for Xception39. Kaiming (gain 2) on
+            # Xception39's depthwise *and* pointwise convs (no ReLU between them) doubles the
+            # second moment per separable conv, and with eval-mode BN an identity at init the
+            # 16 residual blocks compound it to logits of ~1e6 (tests/test_bisenet.py).
+            if name.startswith("encoder"):
+                continue
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
                 if module.bias is not None:
