@@ -110,10 +110,14 @@ def _prepare(variant: str, model: nn.Module, inputs: torch.Tensor):
         x = inputs.contiguous(memory_format=torch.channels_last)
         return lambda: main_logits(converted(x)), ""
     if variant == "bn_folded":
-        before = count_batchnorms(model)
         folded = fold_batchnorm(model, inputs[:1])
-        after = count_batchnorms(folded)
-        return lambda: main_logits(folded(inputs)), f"{before - after} of {before} BN folded"
+        before = eval_path_batchnorms(model, inputs[:1])
+        after = eval_path_batchnorms(folded, inputs[:1])
+        unused = count_batchnorms(model) - before
+        note = f"{before - after} of {before} BN folded"
+        if unused:  # e.g. BiSeNet's auxiliary heads, which only a training forward runs
+            note += f" ({unused} more not on the eval path)"
+        return lambda: main_logits(folded(inputs)), note
     if variant == "compile":
         compiled = torch.compile(copy.deepcopy(model))
         return lambda: main_logits(compiled(inputs)), "first call (compilation) is in warm-up"
@@ -121,6 +125,26 @@ def _prepare(variant: str, model: nn.Module, inputs: torch.Tensor):
         run = _onnx_runner(model, inputs)
         return run, "onnxruntime CPUExecutionProvider, fixed input shape"
     raise SeglabError(f"unknown benchmark variant {variant!r}; choose from {', '.join(VARIANTS)}")
+
+
+def eval_path_batchnorms(model: nn.Module, example: torch.Tensor) -> int:
+    """BatchNorm layers that still normalise (count_batchnorms) and run in an eval forward
+    of `example`: the ones whose folding changes inference speed."""
+    ran: set[nn.Module] = set()
+    hooks = [
+        m.register_forward_hook(lambda module, *_: ran.add(module))
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and count_batchnorms(m) == 1
+    ]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return len(ran)
 
 
 def _percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -316,6 +340,7 @@ __all__ = [
     "VARIANTS",
     "benchmark",
     "count_flops",
+    "eval_path_batchnorms",
     "fold_batchnorm",
     "format_report",
     "model_gflops",

@@ -6,7 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from seglab.benchmark import benchmark, count_batchnorms, count_flops, fold_batchnorm
+from seglab.benchmark import (
+    benchmark,
+    count_batchnorms,
+    count_flops,
+    eval_path_batchnorms,
+    fold_batchnorm,
+)
 from seglab.cli import main
 from seglab.models import MODELS, count_parameters, create_model
 
@@ -64,6 +70,25 @@ def test_fold_batchnorm_removes_every_bn_and_keeps_outputs(name, options):
         expected, got = model(x), folded(x)
     assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
     assert count_batchnorms(model) > 0, "the original model is left as it was"
+
+
+@pytest.mark.parametrize(
+    "name, unfoldable", [("bisenet", 0), ("bisenet_r18", 0), ("dfanet", 0), ("lednet", 3)]
+)
+def test_fold_batchnorm_of_the_real_time_models(name, unfoldable):
+    """Every BN an eval forward runs follows a conv that nothing else reads, except LEDNet's
+    three downsampler BNs (Down 3->32, 32->64, 64->128), which normalise concat(conv, max-pool):
+    the pooled half has no conv to fold into. BiSeNet's two auxiliary-head BNs only run in a
+    training forward, so they are not counted (and `seglab benchmark` says so in its note)."""
+    torch.manual_seed(0)
+    model = with_random_bn_statistics(create_model(name, 3, **MODELS[name].small_options))
+    x = torch.randn(2, 3, 64, 96)
+    folded = fold_batchnorm(model, x[:1])
+    assert eval_path_batchnorms(model, x[:1]) > 10
+    assert eval_path_batchnorms(folded, x[:1]) == unfoldable
+    with torch.no_grad():
+        expected, got = model(x), folded(x)
+    torch.testing.assert_close(got, expected, atol=1e-4 * max(1.0, expected.abs().max()), rtol=0)
 
 
 class SharedConvOutput(nn.Module):
