@@ -23,6 +23,7 @@ SEGLAB_MAX_IMAGE_PIXELS, or what `set_max_image_pixels` (config key data.max_ima
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from collections.abc import Callable
@@ -66,18 +67,29 @@ def max_image_pixels() -> int:
         raise SeglabError(f"{MAX_PIXELS_ENV}={text!r} is not a whole number of pixels") from None
 
 
-def _decode(path: str | Path, what: str, read: Callable[[Image.Image], object]):
-    """Open `path`, check its declared size, and run `read` on it; any failure is one line."""
-    path = Path(path)
+class ImageTooLarge(SeglabError):
+    """An image that declares more pixels than max_image_pixels() (an HTTP server answers 413)."""
+
+
+def _decode(
+    path: str | Path | io.BytesIO,
+    what: str,
+    read: Callable[[Image.Image], object],
+    name: str | None = None,
+):
+    """Open `path` (or bytes in memory, called `name` in messages), check its declared size, and
+    run `read` on it; any failure is one line."""
+    source = path if isinstance(path, io.BytesIO) else Path(path)
+    path = name or source
     limit = max_image_pixels()
     previous = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # seglab's own check below, with its message and its limit
     try:
-        with warnings.catch_warnings(), Image.open(path) as image:
+        with warnings.catch_warnings(), Image.open(source) as image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             width, height = image.size
             if width * height > limit:
-                raise SeglabError(
+                raise ImageTooLarge(
                     f"{path}: {what} declares {width}x{height} = {width * height} pixels, over "
                     f"the limit of {limit} (a guard against decompression bombs); if the file "
                     f"is trusted raise data.max_image_pixels or {MAX_PIXELS_ENV}"
@@ -89,6 +101,7 @@ def _decode(path: str | Path, what: str, read: Callable[[Image.Image], object]):
         raise SeglabError(f"{path}: {what} file not found") from None
     except Exception as error:  # decoders of untrusted files raise anything: name the file
         reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        reason = reason.replace(f" {source!r}", "")  # PIL names a BytesIO by its repr
         raise SeglabError(
             f"{path}: cannot read {what} ({reason}); replace the file or drop it from the split"
         ) from None
@@ -125,6 +138,11 @@ def rgb_array(image: Image.Image, path: str | Path = "image") -> np.ndarray:
 def read_rgb(path: str | Path) -> np.ndarray:
     """(H, W, 3) uint8 RGB of an image file, as displayed; a SeglabError names the file."""
     return _decode(path, "image", lambda image: rgb_array(image, path))
+
+
+def read_rgb_bytes(data: bytes, name: str = "upload") -> np.ndarray:
+    """read_rgb for an image file's bytes in memory (an HTTP upload); messages name `name`."""
+    return _decode(io.BytesIO(data), "image", lambda image: rgb_array(image, name), name)
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
