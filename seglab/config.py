@@ -91,6 +91,12 @@ class LossConfig:
     # the loss of every output as weighted terms, e.g. {ce: 1.0, dice: 0.5}; ce | dice | focal |
     # lovasz (seglab/losses_extra.py); None: cross-entropy alone
     terms: dict[str, float] | None = None
+    # + the Gated CRF loss for weak labels (CE then only sees the annotated pixels), e.g.
+    # {weight: 0.1, radius: 5, downscale: 4, kernels: [{weight: 1, xy: 6, rgb: 0.1}]}
+    gated_crf: dict | None = None
+    # boundary label relaxation instead of CE, e.g. {border: 1, strict_classes: []}
+    # (both seglab/losses_weak.py, with the official defaults)
+    relax: dict | None = None
 
 
 @dataclass

@@ -14,6 +14,7 @@ from seglab.data.labels import IGNORE_INDEX
 from seglab.losses_extra import check_terms, combined_loss
 from seglab.losses_ohem import ohem_cross_entropy
 from seglab.losses_unet import BorderWeightedCrossEntropy
+from seglab.losses_weak import check_gated_crf, check_relax, gated_crf_loss, relaxed_boundary_loss
 
 
 def class_pixel_counts(masks, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -67,11 +68,18 @@ class SegmentationLoss(torch.nn.Module):
         ohem: dict[str, float] | None = None,
         se_weight: float | None = None,
         terms: dict[str, float] | None = None,
+        gated_crf: dict | None = None,
+        relax: dict | None = None,
     ) -> None:
         """ohem: {thresh, min_kept}: every CE term becomes BiSeNet's OHEM (losses_ohem.py).
         se_weight: weight of the "se" output's BCE against the classes present (EncNet).
-        terms: e.g. {ce: 1.0, dice: 0.5}, the loss of every output (losses_extra.py); None: CE."""
+        terms: e.g. {ce: 1.0, dice: 0.5}, the loss of every output (losses_extra.py); None: CE.
+        gated_crf: {weight, radius, downscale, kernels}: + the Gated CRF loss of the main output
+        (needs forward's images); relax: {border, strict_classes}: boundary label relaxation
+        instead of CE on every output (both seglab/losses_weak.py)."""
         super().__init__()
+        self.gated_crf = None if gated_crf is None else check_gated_crf(gated_crf)
+        self.relax = None if relax is None else check_relax(relax)
         self.terms = None if terms is None else check_terms(terms)
         self.se_weight = se_weight
         self.ohem = dict(ohem) if ohem else None
@@ -110,6 +118,9 @@ class SegmentationLoss(torch.nn.Module):
         self, logits: torch.Tensor, target: torch.Tensor, pixel_weights: torch.Tensor | None = None
     ) -> torch.Tensor:
         """The loss of one output: CE, or the weighted loss.terms (each output alike)."""
+        if self.relax is not None:
+            small = F.interpolate(target[:, None].float(), size=logits.shape[-2:], mode="nearest")
+            return relaxed_boundary_loss(logits, small[:, 0].long(), **self.relax)
         if self.terms is None:
             return self.cross_entropy(logits, target, pixel_weights)
         small = target
@@ -120,12 +131,19 @@ class SegmentationLoss(torch.nn.Module):
         return combined_loss(self.terms, logits, small, ce, self.ignore_index)
 
     def forward(
-        self, outputs, target: torch.Tensor, pixel_weights: torch.Tensor | None = None
+        self,
+        outputs,
+        target: torch.Tensor,
+        pixel_weights: torch.Tensor | None = None,
+        images: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """pixel_weights: optional (B, H, W) per-pixel weights (U-Net's border weights)."""
+        """pixel_weights: optional (B, H, W) per-pixel weights (U-Net's border weights);
+        images: the (B, C, H, W) model input, for the Gated CRF loss."""
+        main = outputs if isinstance(outputs, torch.Tensor) else outputs["out"]
+        crf = 0.0 if self.gated_crf is None else self.gated_crf_term(main, images)
         if isinstance(outputs, torch.Tensor):
-            return self.pixel_loss(outputs, target, pixel_weights)
-        loss = self.pixel_loss(outputs["out"], target, pixel_weights)
+            return self.pixel_loss(outputs, target, pixel_weights) + crf
+        loss = self.pixel_loss(outputs["out"], target, pixel_weights) + crf
         aux = outputs.get("aux", [])
         if len(aux) != len(self.aux_weights):
             raise ValueError(f"{len(aux)} auxiliary outputs but {len(self.aux_weights)} weights")
@@ -144,3 +162,14 @@ class SegmentationLoss(torch.nn.Module):
         labels = target.flatten(1).clamp(0, k)  # ignore (255) -> bin k, dropped below
         present = se_logits.new_zeros(b, k + 1).scatter_(1, labels, 1.0)[:, :k]
         return F.binary_cross_entropy_with_logits(se_logits.float(), present.float())
+
+    def gated_crf_term(self, logits: torch.Tensor, images: torch.Tensor | None) -> torch.Tensor:
+        """weight * Gated CRF loss of softmax(logits), area-downscaled as configured."""
+        if images is None:
+            raise ValueError("loss.gated_crf needs the input images: criterion(..., images=)")
+        options = self.gated_crf
+        h, w = logits.shape[-2:]
+        size = (max(1, h // options["downscale"]), max(1, w // options["downscale"]))
+        probs = F.adaptive_avg_pool2d(logits.float().softmax(1), size)
+        crf = gated_crf_loss(probs, images, options["kernels"], options["radius"])
+        return options["weight"] * crf

@@ -158,6 +158,8 @@ def build_loss(
         ohem=ohem,
         se_weight=getattr(model, "se_weight", None),
         terms=cfg.loss.terms,
+        gated_crf=cfg.loss.gated_crf,
+        relax=cfg.loss.relax,
     ).to(device)
 
 

@@ -176,7 +176,8 @@ class Trainer:
                     else:
                         images, masks, pixel_weights = self._micro_batch(batches)
                         outputs = self.net(images)
-                        loss = self.criterion(outputs, masks, pixel_weights) / accumulate
+                        loss = self.criterion(outputs, masks, pixel_weights, images=images)
+                        loss = loss / accumulate
                 self.scaler.scale(loss).backward()
             step_loss += loss.detach()
         self.loss_terms = {key: mean_over_ranks(value).item() for key, value in terms.items()}
