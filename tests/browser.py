@@ -105,8 +105,8 @@ class _Pipe:
         os.close(self.from_browser)
 
 
-def render(page: Path, expression: str) -> tuple[list[str], object]:
-    """Load `page` (a file) and evaluate `expression` once loaded.
+def render(page: Path | str, expression: str) -> tuple[list[str], object]:
+    """Load `page` (a file, or an http:// URL) and evaluate `expression` once loaded.
 
     Returns (problems, value): problems are the console errors and warnings, uncaught
     exceptions and failed loads (log entries of level error), one line each.
@@ -123,7 +123,8 @@ def render(page: Path, expression: str) -> tuple[list[str], object]:
             ]
             for domain in ("Page", "Runtime", "Log"):
                 pipe.send(f"{domain}.enable", session=session)
-            pipe.send("Page.navigate", {"url": Path(page).resolve().as_uri()}, session=session)
+            url = page if str(page).startswith("http") else Path(page).resolve().as_uri()
+            pipe.send("Page.navigate", {"url": url}, session=session)
             pipe.wait_for("Page.loadEventFired")
             result = pipe.send(
                 "Runtime.evaluate",

@@ -1,7 +1,7 @@
 """The `seglab` command: parses arguments and dispatches to the library; nothing else.
 
-One module per command group (data, models, train, evaluate, predict, deploy) declares its
-commands with `add_commands(commands)`. A command's arguments are declared only when that
+One module per command group (data, models, train, evaluate, predict, deploy, serve) declares
+its commands with `add_commands(commands)`. A command's arguments are declared only when that
 command runs (`LazyCommands`), so `seglab --help` imports neither torch nor the registries that
 the commands' help texts are read from.
 
@@ -18,7 +18,7 @@ import sys
 from seglab.cli.lazy import LazyCommands
 from seglab.errors import SeglabError
 
-COMMAND_MODULES = ("train", "evaluate", "predict", "models", "data", "deploy")
+COMMAND_MODULES = ("train", "evaluate", "predict", "models", "data", "deploy", "serve")
 """seglab.cli.<name> modules, in the order their commands are listed by --help."""
 
 
