@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import scipy.io
 from PIL import Image
 
 from seglab.data.folder import write_mask
@@ -147,3 +148,28 @@ def pcontext_tree(tmp_path: Path) -> Path:
     for split, names in splits.items():
         (sets / f"{split}.txt").write_text("".join(f"{n}\n" for n in names))
     return tmp_path
+
+
+def nyu_tree(root: Path, hdf5: bool = False) -> np.ndarray:
+    """NYU Depth v2's labelled release at `root`: three 4x6 RGB-D images in
+    nyu_depth_v2_labeled.mat (v5 via scipy, or v7.3 via h5py), Gupta's labels40.mat (1..40,
+    0 void) and splits.mat (image 2 in test). Returns the images, MATLAB (H, W, 3, N)."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (4, 6, 3, 3), dtype=np.uint8)  # MATLAB (H, W, 3, N)
+    depths = np.stack([np.full((4, 6), 1.5 * (i + 1), np.float32) for i in range(3)], -1)
+    labels = np.zeros((4, 6, 3), np.uint16)
+    labels[0, 0, 0], labels[1, 2, 0], labels[3, 5, 2] = 1, 40, 7
+    labels[2, 3, 1] = 12  # the test image holds a class too, not only void
+    if hdf5:
+        import h5py
+
+        with h5py.File(root / "nyu_depth_v2_labeled.mat", "w") as f:  # h5py: axes reversed
+            f["images"], f["depths"] = images.T, depths.T
+    else:
+        scipy.io.savemat(root / "nyu_depth_v2_labeled.mat", {"images": images, "depths": depths})
+    scipy.io.savemat(root / "labels40.mat", {"labels40": labels})
+    scipy.io.savemat(
+        root / "splits.mat", {"trainNdxs": np.array([[1], [3]]), "testNdxs": np.array([[2]])}
+    )
+    return images

@@ -18,6 +18,7 @@ from release_trees import (
     ade_tree,
     camvid_tree,
     cityscapes_tree,
+    nyu_tree,
     pcontext_tree,
     sbd_tree,
     voc_tree,
@@ -53,6 +54,7 @@ RELEASE_TREES = {
     "camvid": lambda data: camvid_tree(data / "camvid"),
     "ade20k": lambda data: ade_tree(data / "ade20k"),
     "pcontext": lambda data: pcontext_tree(data / "pcontext"),
+    "nyudv2": lambda data: nyu_tree(data / "nyudv2"),
 }
 
 
@@ -64,8 +66,9 @@ def workspace(tmp_path_factory):
     for write in RELEASE_TREES.values():
         write(base / "data")
     folder_roots = {c.data.root for c in map(load_config, CONFIGS) if c.data.format == "folder"}
-    for root in sorted(folder_roots):
-        write_shapes_dataset(base / root, train=2, val=2, size=32, progress=False)
+    for root in sorted(folder_roots):  # the RGB-D twin's root holds the RGB-D shapes
+        depth = root.endswith("_rgbd")
+        write_shapes_dataset(base / root, train=2, val=2, size=32, progress=False, depth=depth)
     return base
 
 
@@ -85,13 +88,16 @@ def test_recipe_reads_its_dataset_tree_and_builds_its_model(path, workspace):
     check_dataset(train, progress=False)  # every file read, raw label values checked
     check_dataset(val, progress=False)
     image, mask = train[(0, 1234)]
-    assert image.dtype == torch.float32 and image.shape[0] == 3 and mask.dtype == torch.int64
+    channels = 3 + ("depth" in train.inputs)  # RGB-D datasets put depth last
+    assert image.dtype == torch.float32 and image.shape[0] == channels
+    assert mask.dtype == torch.int64
     if d.crop_size:
         assert tuple(image.shape[1:]) == tuple(d.crop_size)
     # pretrained weights cannot be downloaded here; everything else is the recipe's
     options = {k: v for k, v in cfg.model.options.items() if k != "pretrained"}
     with torch.device("meta"):  # shapes only: no memory, no init cost
-        model = create_model(cfg.model.name, train.num_classes, in_channels=3, **options)
+        model = create_model(cfg.model.name, train.num_classes, channels, **options)
+    assert model.inputs == train.inputs or model.inputs == ("image",), path.name
     assert sum(p.numel() for p in model.parameters()) > 0
 
 
@@ -149,14 +155,14 @@ def test_shapes_twin_runs_a_forward_and_backward_step(path, workspace):
     its options, the trainer's loss (aux outputs and their weights included)."""
     torch.manual_seed(0)
     cfg = load_config(path)
-    assert (cfg.data.format, cfg.data.root) == ("folder", "data/shapes")
+    assert cfg.data.format == "folder" and cfg.data.root in ("data/shapes", "data/shapes_rgbd")
     dataset = build_dataset("folder", workspace / cfg.data.root, "train", eval_transform())
     images, masks = (torch.stack(t) for t in zip(dataset[0], dataset[1], strict=True))
-    model = create_model(cfg.model.name, dataset.num_classes, in_channels=3, **cfg.model.options)
+    channels = 3 + ("depth" in dataset.inputs)
+    model = create_model(cfg.model.name, dataset.num_classes, channels, **cfg.model.options)
+    assert model.inputs == dataset.inputs or model.inputs == ("image",), path.name
     model.train()
-    # TRANSITION: getattr until every model subclasses SegmentationModel (which declares it)
-    aux_weights = getattr(model, "aux_weights", ())
-    loss = SegmentationLoss(aux_weights=aux_weights, se_weight=getattr(model, "se_weight", None))
+    loss = SegmentationLoss(aux_weights=model.aux_weights, se_weight=model.se_weight)
     loss = loss(model(images), masks)
     loss.backward()
     assert torch.isfinite(loss)
