@@ -50,24 +50,12 @@ class HeadStart:
         return text
 
 
-def weights_path(path: str | Path) -> Path:
-    """A weights file, or a run directory -> its best.safetensors."""
-    from seglab.runs import RUN_WEIGHTS
-
-    path = Path(path)
-    if path.is_dir():
-        if not (path / RUN_WEIGHTS).is_file():
-            raise SeglabError(f"{path} has no {RUN_WEIGHTS}; give a weights file or a run")
-        return path / RUN_WEIGHTS
-    if not path.is_file():
-        raise SeglabError(f"model.init_weights: {path.absolute()} does not exist")
-    return path
-
-
 def load_matching_weights(model: torch.nn.Module, path: str | Path) -> HeadStart:
     """Load every tensor of the file at `path` (or run directory) whose name and shape match
     one of `model`'s; keep the others as initialised. Returns what was kept."""
-    path = weights_path(path)
+    from seglab.runs import resolve_weights
+
+    path = resolve_weights(path, "model.init_weights: ")
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError) as error:

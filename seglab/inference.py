@@ -311,9 +311,11 @@ class Segmenter:
         inference: InferenceConfig | None = None,
         crf: str | None = None,
     ) -> Segmenter:
+        """`path`: a weights file, or a run directory (its best.safetensors)."""
+        from seglab.runs import resolve_weights
         from seglab.weights import load_weights
 
-        model, meta = load_weights(path)
+        model, meta = load_weights(resolve_weights(path))
         classes = None
         if "classes" in meta:
             classes = ClassInfo(

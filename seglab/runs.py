@@ -22,20 +22,29 @@ RUN_CONFIG = "config.yaml"
 INFERENCE_MODES = ("whole", "slide", "overlap_tile")
 
 
+def resolve_weights(path: str | Path, what: str = "") -> Path:
+    """A weights file, or a run directory -> its best.safetensors; one SeglabError line
+    (prefixed by `what`, e.g. "model.init_weights: ") when neither exists."""
+    target = Path(path)
+    if target.is_dir():
+        weights = target / RUN_WEIGHTS
+        if not weights.is_file():
+            raise SeglabError(f"{what}{target} has no {RUN_WEIGHTS}; is it a finished seglab run?")
+        return weights
+    if not target.is_file():
+        raise SeglabError(
+            f"{what}{target.absolute()}: weights file not found (the path does not exist; "
+            "give NAME.safetensors or a run directory)"
+        )
+    return target
+
+
 def resolve_run(path: str | Path) -> tuple[Path, Config | None]:
     """A weights file or a run directory -> (weights file, the run's config or None).
 
     The config is the run's config.yaml: inside the directory, or beside the weights file.
     """
-    target = Path(path)
-    if target.is_dir():
-        weights = target / RUN_WEIGHTS
-        if not weights.is_file():
-            raise SeglabError(f"{target} has no {RUN_WEIGHTS}; is it a finished seglab run?")
-    elif target.is_file():
-        weights = target
-    else:
-        raise SeglabError(f"{target}: no such weights file or run directory")
+    weights = resolve_weights(path)
     config = weights.parent / RUN_CONFIG
     return weights, load_config(config) if config.is_file() else None
 

@@ -163,3 +163,15 @@ def test_segmenter_refuses_a_model_that_does_not_take_rgb_up_front():
     model = create_model("unet", num_classes=2, in_channels=1, width=4, depth=2)
     with pytest.raises(SeglabError, match="takes 1 input channels"):
         Segmenter(model)
+
+
+def test_from_checkpoint_takes_a_run_directory_as_every_command_does(weights, tmp_path, image):
+    # A run directory means its best.safetensors (seglab.runs.resolve_weights).
+    run = tmp_path / "run"
+    run.mkdir()
+    for suffix in (".safetensors", ".yaml"):
+        (run / f"best{suffix}").write_bytes(weights.with_suffix(suffix).read_bytes())
+    from_run = Segmenter.from_checkpoint(run).predict(image)
+    assert np.array_equal(from_run, Segmenter.from_checkpoint(weights).predict(image))
+    with pytest.raises(SeglabError, match="has no best.safetensors"):
+        Segmenter.from_checkpoint(tmp_path)
