@@ -216,7 +216,8 @@ def export_model_onnx(
     if isinstance(model, SegmentationModel) and model.task != "semantic":
         raise SeglabError(
             f"cannot export {name} to ONNX: it is an {model.task} model, and the export writes "
-            "a graph returning semantic logits (B, K, H, W)"
+            "a graph returning semantic logits (B, K, H, W); instance models export with "
+            "seglab.instance_export.export_instance_onnx (boxes, labels, scores, masks)"
         )
     channels = input_channels(model)
     module = LogitsOnly(model.float().eval()).eval()
