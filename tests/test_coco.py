@@ -146,3 +146,40 @@ def test_shapes_instances_agree_with_the_semantic_masks(tmp_path):
             rows, cols = np.nonzero(instance)
             assert box.tolist() == [cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]
         assert np.array_equal(rebuilt, mask)  # every object pixel belongs to one instance
+
+
+def _instance_tree(tmp_path, values: np.ndarray):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "instances").mkdir()
+    (tmp_path / "classes.txt").write_text("background\ncat\ndog\n")
+    (tmp_path / "train.txt").write_text("a\n")
+    h, w = values.shape
+    Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(tmp_path / "images" / "a.png")
+    Image.fromarray(values.astype(np.uint16)).save(tmp_path / "instances" / "a.png")
+    return build_dataset("instance_folder", tmp_path, "train")
+
+
+def test_instance_folder_reads_class_times_1000_plus_object(tmp_path):
+    values = np.zeros((10, 12), np.int64)
+    values[0:3, 0:4] = 1000  # cat, object 0: rows 0..2, columns 0..3
+    values[5:9, 2:5] = 1001  # cat, object 1
+    values[1:4, 8:12] = 2000  # dog
+    values[9, :] = 7  # a stuff value below 1000: no object
+    dataset = _instance_tree(tmp_path, values)
+    dataset.check(0)
+    image, target = dataset[0]
+    assert image.shape == (3, 10, 12)
+    assert target["labels"].tolist() == [1, 1, 2]
+    assert target["boxes"].tolist() == [[0, 0, 4, 3], [2, 5, 5, 9], [8, 1, 12, 4]]
+    assert target["masks"].sum((1, 2)).tolist() == [12, 12, 12]
+    truth = dataset.coco_ground_truth()
+    assert [a["bbox"] for a in truth["annotations"]] == [[0, 0, 4, 3], [2, 5, 3, 4], [8, 1, 4, 3]]
+    assert [c["name"] for c in truth["categories"]] == ["cat", "dog"]
+
+
+def test_instance_folder_unknown_class_is_a_one_line_error(tmp_path):
+    values = np.zeros((4, 4), np.int64)
+    values[:2, :2] = 3000  # class 3 of 3 classes (0..2)
+    dataset = _instance_tree(tmp_path, values)
+    with pytest.raises(SeglabError, match=r"instances/a.png: value 3000 is class 3, but"):
+        dataset.check(0)

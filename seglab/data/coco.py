@@ -228,6 +228,10 @@ class COCOInstances(torch.utils.data.Dataset):
             self._cache[index] = sample
         return sample
 
+    def coco_ground_truth(self) -> dict:
+        """The split's instances JSON as COCOeval reads it (crowds included)."""
+        return json.loads(self.annotation_path.read_text())
+
     def check(self, index: int) -> None:
         """Raise a one-line SeglabError if image `index` or one of its annotations is unusable."""
         info = self.images[index]

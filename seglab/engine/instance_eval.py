@@ -107,7 +107,8 @@ def evaluate_instances(
     batch_size: int = 4,
     on_image=None,
 ) -> dict:
-    """COCO mask and box AP of `model` on a COCO-format `dataset` (data/coco.py).
+    """COCO mask and box AP of `model` on an instance `dataset` (data/coco.py, or
+    data/instance_folder.py).
 
     on_image(index, detection): called per image with its numpy detections (overlays).
     Returns {"summary": {"mask_AP", ..., "box_APl"}, "per_class": {name: {"mask_AP", "box_AP"}},
@@ -128,7 +129,9 @@ def evaluate_instances(
                 on_image(index, detection)
     model.train(was_training)
     with contextlib.redirect_stdout(io.StringIO()):
-        ground_truth = COCO(str(dataset.annotation_path))
+        ground_truth = COCO()  # from the dataset: COCO JSON, or built from instance PNGs
+        ground_truth.dataset = dataset.coco_ground_truth()
+        ground_truth.createIndex()
     names = dataset.classes.names[1:]
     summary, per_class = {}, {name: {} for name in names}
     for iou_type, prefix in (("segm", "mask"), ("bbox", "box")):
