@@ -190,3 +190,45 @@ def test_benchmark_uses_only_public_names_of_other_seglab_modules():
         if alias.name.startswith("_")
     ]
     assert private == []
+
+
+def test_realtime_table_writer_on_fake_rows(tmp_path):
+    """benchmarks/realtime.py's section: one table per size, best images/s = 1000 / the
+    fastest variant's ms (here onnxruntime's 250 ms -> 4.00), the reason and fused columns only
+    where measured, failed variants named; written through results_file's one-section writer."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import realtime
+    from results_file import write_section
+
+    def row(model, size, ms, reason="", fused=None):
+        return {"model": model, "size": size, "parameters": 1_500_000, "gflops": 3.25,
+                "ms": ms, "max_abs_diff": 2e-6, "reason": reason, "fused_ms": fused}  # fmt: skip
+
+    times = {"eager": 400.0, "channels_last": 300.0, "bn_folded": 350.0, "onnxruntime": 250.0}
+    rows = [
+        row("lraspp", (512, 1024), times),
+        row("dfanet", (512, 1024), {**times, "onnxruntime": None}, "90% grouped", 280.0),
+        row("bisenet", (768, 1536), times),
+    ]
+    rows[1]["errors"] = ["onnxruntime: RuntimeError: boom"]
+    setup = {"threads": 1, "repeats": 1, "warmup": 1, "machine": "x", "torch": "t", "command": "c"}
+    section = realtime.format_section(rows, setup)
+    lines = section.splitlines()
+    assert lines[0] == realtime.HEADING
+    assert "### 512x1024" in lines and "### 768x1536 (BiSeNet's speed protocol)" in lines
+    assert "| lraspp | 1.50 M | 3.2 | 400 | 300 | 350 | 250 | 4.00 | 2e-06 | - | - |" in lines
+    # dfanet's fastest timed variant is channels_last (300 ms): 3.33 images/s
+    assert (
+        "| dfanet | 1.50 M | 3.2 | 400 | 300 | 350 | failed | 3.33 | 2e-06 | 280 | 90% grouped |"
+        in lines
+    )
+    assert "dfanet (512, 1024): onnxruntime: RuntimeError: boom" in section
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n\n## Other\n\nkept\n")
+    write_section(realtime.HEADING, section, results)
+    write_section(realtime.HEADING, section, results)  # rewritten in place, not appended
+    text = results.read_text()
+    assert text.count(realtime.HEADING) == 1 and "## Other\n\nkept" in text
