@@ -137,6 +137,11 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)  # used by evaluation
+    # `seglab weak`: {cam: ..., pseudo: ...} (seglab/weak/pipeline.py); seglab train ignores it
+    weak: dict[str, Any] | None = None
+    # structured knowledge distillation from a teacher, e.g. {teacher: PATH, pixel: 10}
+    # (seglab/weak/distill.py)
+    distill: dict[str, Any] | None = None
     run_dir: str = "runs/default"
 
 

@@ -18,7 +18,7 @@ import sys
 from seglab.cli.lazy import LazyCommands
 from seglab.errors import SeglabError
 
-COMMAND_MODULES = ("train", "evaluate", "predict", "models", "data", "deploy", "serve")
+COMMAND_MODULES = ("train", "evaluate", "predict", "models", "data", "deploy", "serve", "weak")
 """seglab.cli.<name> modules, in the order their commands are listed by --help."""
 
 

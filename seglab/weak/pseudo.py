@@ -1,0 +1,145 @@
+"""Stages (a) and (b) of the weak pipeline: train a CAM generator on image tags, then write
+seeds and pseudo masks of the training images and score them against the true masks.
+
+Image tags are read from ROOT/tags/NAME.txt (seglab/data/weak_labels.py, written by
+`seglab data shapes --weak`). Images of one batch must share a size (cam.batch_size: 1
+otherwise); the images are kept in memory decoded (small datasets: the shapes data).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from seglab.data.folder import FolderDataset, write_mask
+from seglab.data.transforms import normalize_image
+from seglab.data.weak_labels import read_tags, weak_label_path
+from seglab.engine.run_setup import collate_same_size
+from seglab.errors import SeglabError
+from seglab.metrics import ConfusionMatrix
+from seglab.weak.cam import seeds_and_pseudo_mask, upsample_cams
+from seglab.weak.ficklenet import FickleNet
+from seglab.weak.mdc import MDCNet
+
+CAM_METHODS = {"mdc": MDCNet, "ficklenet": FickleNet}
+
+
+def image_tags(dataset: FolderDataset, index: int) -> list[int]:
+    """Foreground class ids tagged for image `index` (background 0 is never a tag)."""
+    path = weak_label_path(dataset.root, "tags", dataset.names[index])
+    if not path.is_file():
+        raise SeglabError(
+            f"{path} is missing; image tags live in ROOT/tags/NAME.txt (one class name a line), "
+            "e.g. from `seglab data shapes --weak`"
+        )
+    return [c for c in read_tags(path, dataset.classes.names) if c != 0]
+
+
+class TagDataset(torch.utils.data.Dataset):
+    """(normalised (3, H, W) image, (K,) multi-hot tags) of a folder dataset's split."""
+
+    def __init__(self, dataset: FolderDataset, hflip: bool = True) -> None:
+        self.dataset, self.hflip = dataset, hflip
+        self.num_foreground = dataset.num_classes - 1
+        self.tags = [image_tags(dataset, i) for i in range(len(dataset))]
+        self.cache: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def image(self, index: int) -> torch.Tensor:
+        if index not in self.cache:
+            image, _ = self.dataset.load(index)
+            self.cache[index] = normalize_image(torch.from_numpy(image).permute(2, 0, 1))
+        return self.cache[index]
+
+    def __getitem__(self, index: int):
+        image = self.image(index)
+        if self.hflip and torch.rand(()) < 0.5:
+            image = image.flip(-1)
+        tags = torch.zeros(self.num_foreground)
+        tags[[c - 1 for c in self.tags[index]]] = 1
+        return image, tags
+
+
+def build_cam_model(method: str, num_foreground: int, options: dict) -> torch.nn.Module:
+    if method not in CAM_METHODS:
+        raise SeglabError(f"cam.method {method!r}: use one of {', '.join(CAM_METHODS)}")
+    try:
+        return CAM_METHODS[method](num_foreground, **options)
+    except TypeError as error:
+        raise SeglabError(f"cam.options for {method}: {error}") from None
+
+
+def train_cam(model, tag_data: TagDataset, iters: int, batch_size: int, lr: float,
+              weight_decay: float = 1e-4, seed: int = 0, log=None) -> list[float]:  # fmt: skip
+    """Adam on the summed tag losses for `iters` steps; returns the loss of every step."""
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(tag_data, batch_size, shuffle=True, drop_last=len(tag_data) > batch_size,
+                        collate_fn=collate_same_size, generator=generator)  # fmt: skip
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: (1 - t / iters) ** 0.9)
+    model.train()
+    losses, step = [], 0
+    while step < iters:
+        for images, tags in loader:
+            loss = model.loss(images, tags)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.item())
+            step += 1
+            if log is not None and (step % 20 == 0 or step == iters):
+                log(step, loss.item())
+            if step == iters:
+                break
+    return losses
+
+
+def image_cams(model, tag_data: TagDataset, index: int) -> np.ndarray:
+    """(K, H, W) normalised maps of one image at its own size."""
+    image = tag_data.image(index)
+    cams = model.cams(image[None])
+    return upsample_cams(cams, tuple(image.shape[-2:]))[0].numpy()
+
+
+def write_pseudo_masks(model, tag_data: TagDataset, out: Path, fg_threshold: float,
+                       bg_threshold: float) -> dict:  # fmt: skip
+    """out/seeds/NAME.png and out/masks/NAME.png for every image; out/metrics.json: the
+    pseudo masks' mIoU against the true masks, the seeds' precision and coverage."""
+    dataset, colors = tag_data.dataset, tag_data.dataset.classes.colors
+    (out / "seeds").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    k = dataset.num_classes
+    pseudo_matrix, seed_matrix = ConfusionMatrix(k), ConfusionMatrix(k)
+    labelled = total = 0
+    model.eval()
+    for index, name in enumerate(dataset.names):
+        cams = image_cams(model, tag_data, index)
+        seeds, pseudo = seeds_and_pseudo_mask(cams, tag_data.tags[index], fg_threshold,
+                                              bg_threshold)  # fmt: skip
+        write_mask(seeds, out / "seeds" / f"{name}.png", colors)
+        write_mask(pseudo, out / "masks" / f"{name}.png", colors)
+        _, truth = dataset.load(index)
+        truth = torch.from_numpy(truth.astype(np.int64))
+        pseudo_matrix.update(torch.from_numpy(pseudo.astype(np.int64)), truth)
+        seeded = torch.from_numpy(seeds != 255)
+        seed_matrix.update(torch.from_numpy(seeds.astype(np.int64))[seeded], truth[seeded])
+        labelled, total = labelled + int(seeded.sum()), total + seeds.size
+    pseudo_scores, seed_scores = pseudo_matrix.compute(), seed_matrix.compute()
+    metrics = {
+        "pseudo_mask_mean_iou": pseudo_scores["mean_iou"],
+        "pseudo_mask_iou": pseudo_scores["iou"],
+        "seed_pixel_accuracy": seed_scores["pixel_accuracy"],
+        "seed_coverage": labelled / max(total, 1),
+        "images": len(dataset),
+        "fg_threshold": fg_threshold,
+        "bg_threshold": bg_threshold,
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
