@@ -67,70 +67,6 @@ def _check_options(version: str, backbone: str, pretrained: str | None, num_clas
         )
 
 
-def build_torchvision_maskrcnn(
-    num_classes: int,
-    version: str = "v1",
-    backbone: str = "resnet50",
-    pretrained: str | None = None,
-    trainable_layers: int | None = None,
-    frozen_bn: bool | None = None,
-    width: int = 256,
-    **kwargs: Any,
-) -> mask_rcnn.MaskRCNN:
-    """torchvision's MaskRCNN as maskrcnn_resnet50_fpn(_v2) builds it, on any ResNet.
-
-    frozen_bn None: torchvision's rule (frozen statistics and affine with pretrained weights,
-    as the paper, ordinary BatchNorm from scratch); v2 keeps BatchNorm unless frozen_bn.
-    trainable_layers None: torchvision's (3 stages when pretrained, all 5 from scratch).
-    width: channels of the FPN and of the mask head's convolutions (torchvision's 256; the
-    mask head is most of a CPU step: 64 makes it 16 times cheaper).
-    kwargs: MaskRCNN's (min_size, max_size, box_batch_size_per_image, ...).
-    """
-    _check_options(version, backbone, pretrained, num_classes)
-    is_trained = pretrained is not None
-    if trainable_layers is None:
-        trainable_layers = 3 if is_trained else 5
-    if frozen_bn is None:
-        frozen_bn = is_trained and version == "v1"
-    norm = misc_ops.FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
-    weights = "DEFAULT" if pretrained == "imagenet" else None  # downloads on a user's machine
-    body = getattr(resnet, backbone)(weights=weights, norm_layer=norm)
-    fpn_norm = None if version == "v1" else nn.BatchNorm2d
-    fpn = _resnet_fpn_extractor(body, trainable_layers, norm_layer=fpn_norm)
-    if width != fpn.out_channels:  # the same pyramid, narrower
-        stage2 = body.inplanes // 8  # layer1's output channels
-        levels = [stage2 * 2**i for i in range(4)]
-        fpn.fpn = FeaturePyramidNetwork(levels, width, LastLevelMaxPool(), norm_layer=fpn_norm)
-        fpn.out_channels = width
-        head_norm = None if version == "v1" else nn.BatchNorm2d
-        kwargs["mask_head"] = mask_rcnn.MaskRCNNHeads(width, [width] * 4, 1, norm_layer=head_norm)
-        kwargs["mask_predictor"] = mask_rcnn.MaskRCNNPredictor(width, width, num_classes)
-        kwargs["box_predictor"] = FastRCNNPredictor(1024, num_classes)  # torchvision's own
-    classes = None if "box_predictor" in kwargs else num_classes  # torchvision wants one
-    if version == "v1":
-        model = mask_rcnn.MaskRCNN(fpn, num_classes=classes, **kwargs)
-    else:
-        anchors = mask_rcnn._default_anchorgen()
-        channels = fpn.out_channels
-        kwargs.setdefault(
-            "mask_head",
-            mask_rcnn.MaskRCNNHeads(channels, [256] * 4, 1, norm_layer=nn.BatchNorm2d),
-        )
-        model = mask_rcnn.MaskRCNN(
-            fpn,
-            num_classes=classes,
-            rpn_anchor_generator=anchors,
-            rpn_head=RPNHead(channels, anchors.num_anchors_per_location()[0], conv_depth=2),
-            box_head=FastRCNNConvFCHead(
-                (channels, 7, 7), [channels] * 4, [1024], norm_layer=nn.BatchNorm2d
-            ),
-            **kwargs,
-        )
-    if pretrained == "coco":
-        model.load_state_dict(COCO_WEIGHTS[version].get_state_dict(progress=True))
-    return model
-
-
 @register_model(
     "maskrcnn",
     "Mask R-CNN, ResNet-50-FPN (He et al. 2017; torchvision maskrcnn_resnet50_fpn)",
@@ -146,7 +82,11 @@ class MaskRCNN(SegmentationModel):
         BatchNorm in the FPN and heads, a 4-conv box head, two RPN convs).
     backbone: resnet50 (the paper) or resnet18/34 (small, for CPUs and tests), resnet101.
     pretrained: None, "imagenet" (backbone) or "coco" (the whole torchvision model).
-    width: FPN and mask-head channels (the paper's 256; 64 for CPUs).
+    trainable_layers: None is torchvision's rule (3 stages when pretrained, all 5 from scratch).
+    frozen_bn: None is torchvision's rule (frozen statistics and affine with pretrained weights,
+        as the paper; ordinary BatchNorm from scratch); v2 keeps BatchNorm unless frozen_bn.
+    width: FPN and mask-head channels (torchvision's 256; the mask head is most of a CPU step,
+        64 makes it 16 times cheaper).
     min_size, max_size: the resize inside the model (the paper's 800 / 1333).
     box_batch_size_per_image: sampled RoIs per image for the box and mask heads (paper 512).
     box_detections_per_img: at most this many detections per image (COCO's 100).
@@ -174,19 +114,57 @@ class MaskRCNN(SegmentationModel):
             raise SeglabError(
                 f"maskrcnn num_classes {num_classes}: it counts the background, so at least 2"
             )
-        net = build_torchvision_maskrcnn(
-            num_classes,
-            version,
-            backbone,
-            pretrained,
-            trainable_layers,
-            frozen_bn,
-            width,
-            min_size=min_size,
-            max_size=max_size,
-            box_batch_size_per_image=box_batch_size_per_image,
-            box_detections_per_img=box_detections_per_img,
-        )
+        kwargs: dict[str, Any] = {
+            "min_size": min_size,
+            "max_size": max_size,
+            "box_batch_size_per_image": box_batch_size_per_image,
+            "box_detections_per_img": box_detections_per_img,
+        }
+        # torchvision's MaskRCNN as maskrcnn_resnet50_fpn(_v2) builds it, on any ResNet.
+        _check_options(version, backbone, pretrained, num_classes)
+        is_trained = pretrained is not None
+        if trainable_layers is None:
+            trainable_layers = 3 if is_trained else 5
+        if frozen_bn is None:
+            frozen_bn = is_trained and version == "v1"
+        norm = misc_ops.FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
+        weights = "DEFAULT" if pretrained == "imagenet" else None  # downloads on a user's machine
+        body = getattr(resnet, backbone)(weights=weights, norm_layer=norm)
+        fpn_norm = None if version == "v1" else nn.BatchNorm2d
+        fpn = _resnet_fpn_extractor(body, trainable_layers, norm_layer=fpn_norm)
+        if width != fpn.out_channels:  # the same pyramid, narrower
+            stage2 = body.inplanes // 8  # layer1's output channels
+            levels = [stage2 * 2**i for i in range(4)]
+            fpn.fpn = FeaturePyramidNetwork(levels, width, LastLevelMaxPool(), norm_layer=fpn_norm)
+            fpn.out_channels = width
+            head_norm = None if version == "v1" else nn.BatchNorm2d
+            kwargs["mask_head"] = mask_rcnn.MaskRCNNHeads(
+                width, [width] * 4, 1, norm_layer=head_norm
+            )
+            kwargs["mask_predictor"] = mask_rcnn.MaskRCNNPredictor(width, width, num_classes)
+            kwargs["box_predictor"] = FastRCNNPredictor(1024, num_classes)  # torchvision's own
+        classes = None if "box_predictor" in kwargs else num_classes  # torchvision wants one
+        if version == "v1":
+            net = mask_rcnn.MaskRCNN(fpn, num_classes=classes, **kwargs)
+        else:
+            anchors = mask_rcnn._default_anchorgen()
+            channels = fpn.out_channels
+            kwargs.setdefault(
+                "mask_head",
+                mask_rcnn.MaskRCNNHeads(channels, [256] * 4, 1, norm_layer=nn.BatchNorm2d),
+            )
+            net = mask_rcnn.MaskRCNN(
+                fpn,
+                num_classes=classes,
+                rpn_anchor_generator=anchors,
+                rpn_head=RPNHead(channels, anchors.num_anchors_per_location()[0], conv_depth=2),
+                box_head=FastRCNNConvFCHead(
+                    (channels, 7, 7), [channels] * 4, [1024], norm_layer=nn.BatchNorm2d
+                ),
+                **kwargs,
+            )
+        if pretrained == "coco":
+            net.load_state_dict(COCO_WEIGHTS[version].get_state_dict(progress=True))
         # torchvision's own attribute names: its state dicts load without renaming.
         self.transform, self.backbone, self.rpn, self.roi_heads = (
             net.transform,
