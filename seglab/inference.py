@@ -22,6 +22,7 @@ from seglab.data.images import rgb_array, rgb_uint8
 from seglab.data.transforms import normalize_image
 from seglab.device import resolve_device
 from seglab.errors import SeglabError
+from seglab.fast_inference import prepare_for_inference
 from seglab.models.base import SegmentationModel, main_logits, unwrap
 from seglab.nn import mirror_pad, resize_to
 
@@ -258,6 +259,9 @@ class Segmenter:
 
     device="auto" picks CUDA when torch sees it, else the CPU. crf="deeplab-largefov" (any
     name in seglab.crf.PRESETS) refines every prediction with the dense CRF on the image.
+    variant ("auto": BN folded, the device's best layout; "eager"; "fp16"/"bf16" on a GPU) and
+    backend ("torch" or "onnxruntime") choose how the model runs (seglab/fast_inference.py);
+    `self.variant` describes the one chosen. `self.model` stays the model as given.
     """
 
     def __init__(
@@ -267,6 +271,8 @@ class Segmenter:
         device: str | torch.device = "cpu",
         inference: InferenceConfig | None = None,
         crf: str | None = None,
+        variant: str = "auto",
+        backend: str = "torch",
     ) -> None:
         channels = getattr(unwrap(model), "seglab_spec", {}).get("in_channels", 3)
         self.takes_depth = "depth" in getattr(unwrap(model), "inputs", ("image",))
@@ -278,6 +284,7 @@ class Segmenter:
             )
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
+        self.runner, self.variant = prepare_for_inference(self.model, self.device, variant, backend)
         self.classes = classes
         self.inference = inference or InferenceConfig()
         self.crf = self.check_crf_preset(crf)
@@ -310,6 +317,8 @@ class Segmenter:
         device: str | torch.device = "cpu",
         inference: InferenceConfig | None = None,
         crf: str | None = None,
+        variant: str = "auto",
+        backend: str = "torch",
     ) -> Segmenter:
         """`path`: a weights file, or a run directory (its best.safetensors)."""
         from seglab.runs import resolve_weights
@@ -321,7 +330,7 @@ class Segmenter:
             classes = ClassInfo(
                 [c["name"] for c in meta["classes"]], [tuple(c["color"]) for c in meta["classes"]]
             )
-        return cls(model, classes, device, inference, crf=crf)
+        return cls(model, classes, device, inference, crf=crf, variant=variant, backend=backend)
 
     @property
     def num_classes(self) -> int:
@@ -346,9 +355,10 @@ class Segmenter:
                 if depth_maps is not None:
                     depth = torch.stack([depth_maps[i] for i in chunk]).to(self.device)
                     inputs = torch.cat([inputs, normalize_depth(depth)[:, None]], dim=1)
-                probs = predict_probabilities(self.model, inputs, self.inference)
-                if self.crf:
-                    probs = self.refine_with_crf(probs, batch)
+                with torch.inference_mode():
+                    probs = predict_probabilities(self.runner, inputs, self.inference)
+                    if self.crf:
+                        probs = self.refine_with_crf(probs, batch)
                 for i, prob in zip(chunk, probs, strict=True):
                     results[i] = (
                         np.ascontiguousarray(prob.cpu().numpy())  # the CRF's are channels-last
