@@ -99,6 +99,10 @@ class Trainer:
         # An instance model (Mask R-CNN) computes its own loss dict (engine/instance_step.py).
         self.instance = model.task == "instance"
         self.criterion = None if self.instance else build_loss(cfg, model, weights, device)
+        if cfg.distill is not None and not self.instance:  # the teacher lives in the criterion,
+            from seglab.weak.distill import DistillationLoss  # never in the student's weights
+
+            self.criterion = DistillationLoss(self.criterion, cfg.distill, model, device)
         self.loss_terms: dict[str, float] = {}  # the last step's loss dict, logged per term
         self.optimizer = build_optimizer(model, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.train.iters)
