@@ -25,6 +25,7 @@ class Predictions:
     written: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)  # (image, one-line reason)
     results: Path | None = None  # instance weights: the COCO results JSON (written: overlays)
+    variant: str = ""  # how the model ran (seglab/fast_inference.py)
 
 
 def collect_images(inputs: Sequence[str | Path]) -> list[tuple[Path, Path]]:
@@ -80,6 +81,8 @@ def predict_files(
     crf: str | None = None,
     progress: bool = True,
     labelids: bool = False,
+    variant: str = "auto",
+    backend: str = "torch",
 ) -> Predictions:
     """Label every readable image of `inputs` with the weights of `checkpoint` (a run directory
     or NAME.safetensors) into OUT/labels and OUT/overlays.
@@ -87,7 +90,9 @@ def predict_files(
     inference: None uses the run's inference section, exactly as evaluate_checkpoint does; a
     mapping overrides only the fields it names; an InferenceConfig replaces it. crf: a
     seglab.crf preset name. labelids: write Cityscapes labelIds (grayscale, for the benchmark
-    server) instead of palette train ids; refused for a model of other classes.
+    server) instead of palette train ids; refused for a model of other classes. variant,
+    backend: how the model runs (seglab/fast_inference.py; the default is the fastest variant
+    with eager's labels).
     """
     from PIL import Image
     from tqdm import tqdm
@@ -108,7 +113,9 @@ def predict_files(
         from seglab.instance_predict import predict_instance_files
 
         return predict_instance_files(weights, collect_images(inputs), out, progress)
-    segmenter = Segmenter.from_checkpoint(weights, "auto", run_inference(config, inference), crf)
+    segmenter = Segmenter.from_checkpoint(
+        weights, "auto", run_inference(config, inference), crf, variant, backend
+    )
     images = collect_images(inputs)
     check_window(segmenter.model, segmenter.inference)
     if labelids:
@@ -116,7 +123,7 @@ def predict_files(
     classes = segmenter.classes
     colors = classes.colors if classes else default_palette(segmenter.num_classes)
     out_dir = Path(out)
-    result = Predictions()
+    result = Predictions(variant=segmenter.variant)
     for path, name in tqdm(images, desc="predicting", unit="img", disable=not progress):
         try:  # reading and labelling come before anything is written for this image
             image = read_image(path)

@@ -6,6 +6,7 @@ import argparse
 
 from seglab.cli.options import (
     add_inference_options,
+    add_speed_options,
     crf_presets,
     inference_overrides,
     parse_numbers,
@@ -32,6 +33,8 @@ def run_eval(args: argparse.Namespace) -> None:
         args.crf,
         progress=not args.quiet,
         data_format=args.format,
+        variant=args.variant,
+        backend=args.backend,
     )
     if "summary" in metrics:  # instance weights: COCO AP (seglab/engine/instance_eval.py)
         ap = {key: "-" if v is None else f"{100 * v:.1f}" for key, v in metrics["summary"].items()}
@@ -45,6 +48,7 @@ def run_eval(args: argparse.Namespace) -> None:
     )
     if "crf" in metrics:
         print(f"with CRF ({args.crf}): mIoU {100 * metrics['crf']['mean_iou']:.2f}")
+    print(f"inference: {metrics['inference_variant']}")
     print(f"report: {report}")
 
 
@@ -78,6 +82,7 @@ def declare_eval(parser: argparse.ArgumentParser) -> None:
     add_data_options(parser)
     parser.add_argument("--out", help="report folder (default: report/ beside the weights)")
     add_inference_options(parser)
+    add_speed_options(parser)
     parser.set_defaults(func=run_eval)
 
 

@@ -70,6 +70,28 @@ def add_inference_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_speed_options(parser: argparse.ArgumentParser) -> None:
+    """--variant and --backend: how the model runs (seglab/fast_inference.py)."""
+    from seglab.fast_inference import BACKENDS, VARIANTS
+
+    group = parser.add_argument_group(
+        "speed", "how the model runs; the default gives eager's labels"
+    )
+    group.add_argument(
+        "--variant",
+        choices=VARIANTS,
+        default="auto",
+        help="auto: BN folded, best layout for the device; eager: the model as trained; "
+        "fp16/bf16: autocast on a GPU",
+    )
+    group.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="torch",
+        help="onnxruntime: the ONNX graph on the CPU",
+    )
+
+
 def inference_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The inference settings given on the command line, for seglab.runs.run_inference."""
     overrides: dict[str, Any] = {}

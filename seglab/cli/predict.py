@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from seglab.cli.evaluate import WEIGHTS_HELP
-from seglab.cli.options import add_inference_options, inference_overrides
+from seglab.cli.options import add_inference_options, add_speed_options, inference_overrides
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -21,11 +21,14 @@ def run_predict(args: argparse.Namespace) -> int:
         args.crf,
         progress=not args.quiet,
         labelids=args.labelids,
+        variant=args.variant,
+        backend=args.backend,
     )
     out = Path(args.out)
     if result.results is not None:  # instance weights
         print(f"wrote {result.results} and {len(result.written)} overlays to {out / 'overlays'}")
     else:
+        print(f"inference: {result.variant}")
         print(
             f"wrote {len(result.written)} label maps to {out / 'labels'} and overlays to "
             f"{out / 'overlays'}"
@@ -48,6 +51,7 @@ def declare_predict(parser: argparse.ArgumentParser) -> None:
         help="write Cityscapes labelIds (for submission) instead of train ids",
     )
     add_inference_options(parser)
+    add_speed_options(parser)
     parser.set_defaults(func=run_predict)
 
 

@@ -20,6 +20,7 @@ from seglab.engine.evaluate import evaluate
 from seglab.engine.report import write_report
 from seglab.engine.report_html import Example, WorstImages, image_iou
 from seglab.errors import SeglabError
+from seglab.fast_inference import prepare_for_inference
 from seglab.inference import predict_probabilities
 from seglab.metrics import ConfusionMatrix
 from seglab.runs import check_window, resolve_run, run_dataset, run_inference
@@ -44,6 +45,8 @@ def evaluate_checkpoint(
     num_overlays: int = 6,
     progress: bool = True,
     data_format: str | None = None,
+    variant: str = "auto",
+    backend: str = "torch",
 ) -> tuple[dict, Path]:
     """Evaluate weights (a run directory or NAME.safetensors) and write the report.
 
@@ -52,8 +55,9 @@ def evaluate_checkpoint(
     InferenceConfig replaces it (seglab.runs.run_inference). crf: a seglab.crf preset name; its
     mIoU is reported beside the network's. The report goes to `out`, by default report/ beside
     the weights; it shows the num_overlays images of lowest mIoU, worst first (with the CRF's
-    labels too where it ran), and the run's curves.png when there is one. Returns (metrics,
-    report.md path; report.html beside it).
+    labels too where it ran), and the run's curves.png when there is one. variant, backend: how
+    the model runs (seglab/fast_inference.py); the one chosen is in the report's protocol and in
+    metrics["inference_variant"]. Returns (metrics, report.md path; report.html beside it).
     """
     weights, config = resolve_run(checkpoint)
     if read_weights_meta(weights).get("task") == "instance":  # Mask R-CNN: COCO mask/box AP
@@ -98,7 +102,9 @@ def evaluate_checkpoint(
                     example.crf, example.crf_iou = after, image_iou(truth, after, k)
                 worst.add(example)
 
-    confusion = evaluate(model, dataset, device, inference, progress, on_batch=on_batch)
+    runner, described = prepare_for_inference(model, device, variant, backend)
+    with torch.inference_mode():
+        confusion = evaluate(runner, dataset, device, inference, progress, on_batch=on_batch)
     metrics = confusion.compute()
     protocol = {
         "checkpoint": str(weights),
@@ -108,6 +114,7 @@ def evaluate_checkpoint(
         "scales": inference.scales,
         "flip": inference.flip,
         "crf": crf or "none",
+        "inference variant": described,
     }
     if crf_confusion is not None:
         metrics["crf"] = {"preset": crf, **crf_confusion.compute()}
@@ -122,6 +129,7 @@ def evaluate_checkpoint(
         worst.worst_first(),
         curves=curves if curves.is_file() else None,
     )
+    metrics["inference_variant"] = described
     return metrics, report
 
 
