@@ -1,6 +1,16 @@
 """seglab: classic semantic segmentation models, done faithfully."""
 
+import os
+
 __version__ = "0.1.0"
+
+# PyTorch's OpenMP threads (libgomp) spin-wait ~300000 iterations at every barrier by default;
+# beside any other busy process that turns the 2 threads against each other (the demo's training
+# fell from 84 to 26 images/s next to one busy loop). PASSIVE makes idle threads sleep. libgomp
+# reads this when torch is loaded, so it is set here, before seglab imports torch; a value the
+# user set wins, and SEGLAB_OMP_DEFAULTS=0 leaves the environment alone (README: Speed).
+if os.environ.get("SEGLAB_OMP_DEFAULTS", "1") != "0":
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __all__ = [
     "Segmenter",
