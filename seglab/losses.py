@@ -120,7 +120,9 @@ class SegmentationLoss(torch.nn.Module):
         """The loss of one output: CE, or the weighted loss.terms (each output alike)."""
         if self.relax is not None:
             small = F.interpolate(target[:, None].float(), size=logits.shape[-2:], mode="nearest")
-            return relaxed_boundary_loss(logits, small[:, 0].long(), **self.relax)
+            weights = self.class_weights
+            return relaxed_boundary_loss(logits, small[:, 0].long(), **self.relax,
+                                         class_weights=weights)  # fmt: skip
         if self.terms is None:
             return self.cross_entropy(logits, target, pixel_weights)
         small = target

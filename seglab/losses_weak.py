@@ -32,8 +32,10 @@ Cityscapes: thin classes 5,6,7,11,12,17,18). Per pixel
 
 and as the official code, an ignored (255) pixel next to labelled ones is relaxed towards
 their classes; a pixel whose window is all void is left out. The loss is the mean over the
-batch's remaining pixels (the official: per image, sum / (pixels + 1), summed over images,
-with optional per-image class weights 1 + (1 - hist), not taken here).
+batch's remaining pixels (the official: per image, sum / (pixels + 1), summed over images).
+Class weights (loss.class_weights, e.g. median_frequency) weigh pixel i by the mean of w_c
+over N(i), as the official (1/|N|) sum_c w_c; its per-image weights 1 + (1 - hist) are not
+taken here.
 
     loss:
       relax: {border: 1, strict_classes: []}    # replaces CE on every output
@@ -178,8 +180,11 @@ def relaxed_boundary_loss(
     border: int = 1,
     strict_classes: Sequence[int] = (),
     ignore_index: int = IGNORE_INDEX,
+    class_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean over pixels with any class in their window of -log sum_{c in N(i)} p_c(i)."""
+    """Mean over pixels with any class in their window of -log sum_{c in N(i)} p_c(i);
+    with (C,) class_weights each pixel weighs mean_{c in N(i)} w_c (the official
+    (1/|N|) sum_c w_c) and the mean is weighted (border 0: F.cross_entropy's weighted CE)."""
     allowed = relaxed_targets(target, logits.shape[1], border, strict_classes, ignore_index)
     logits = logits.float()
     kept = allowed.any(1)
@@ -188,7 +193,11 @@ def relaxed_boundary_loss(
     losses = torch.logsumexp(logits, 1) - inside
     if not kept.any():
         return logits.sum() * 0.0
-    return losses[kept].mean()
+    if class_weights is None:
+        return losses[kept].mean()
+    window = allowed.float()
+    weights = (window * class_weights.view(1, -1, 1, 1)).sum(1) / window.sum(1).clamp(min=1)
+    return (losses * weights)[kept].sum() / weights[kept].sum().clamp(min=1e-12)
 
 
 def check_relax(options: dict) -> dict:

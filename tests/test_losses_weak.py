@@ -69,7 +69,9 @@ def test_gated_crf_gating_by_the_valid_pixel_mask():
 def test_gated_crf_is_zero_for_agreeing_one_hot_predictions():
     probs = torch.zeros(1, 2, 3, 3)
     probs[:, 0] = 1  # every pixel certain of class 0: 1 - <p_i, p_j> = 0 for every pair
-    assert gated_crf_loss(probs, torch.rand(1, 3, 3, 3), KERNELS, 1).item() == 0.0
+    image = torch.rand(1, 3, 3, 3, generator=torch.Generator().manual_seed(7))
+    # sum K - sum K <p, p>: zero up to float rounding
+    assert gated_crf_loss(probs, image, KERNELS, 1).item() == pytest.approx(0.0, abs=1e-6)
 
 
 BORDER_SCENE = torch.tensor([[1, 1, 2], [1, 1, 2], [0, 0, 255]])
@@ -136,3 +138,20 @@ def test_segmentation_loss_relax_and_option_errors():
         SegmentationLoss(gated_crf={"sigma": 3})
     with pytest.raises(SeglabError, match="loss.relax: unknown key 'window'"):
         SegmentationLoss(relax={"window": 3})
+
+
+def test_relaxation_class_weights():
+    # border 0 is F.cross_entropy's weighted CE
+    logits = torch.randn(1, 3, 4, 4, generator=torch.Generator().manual_seed(5))
+    target = torch.randint(0, 3, (1, 4, 4), generator=torch.Generator().manual_seed(6))
+    weights = torch.tensor([0.5, 2.0, 1.0])
+    expected = F.cross_entropy(logits, target, weight=weights)
+    loss = relaxed_boundary_loss(logits, target, border=0, class_weights=weights)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    # 3x3 border: pixel weights are the means of w over N(i): (0,0) {1}: 2; (0,1), (0,2)
+    # {1, 2}: 1.5; (1,0), (2,0) {0, 1}: 1.25; the rest {0, 1, 2}: 3.5 / 3 (their loss is 0)
+    terms = [(2.0, 0.5), (1.5, 0.8), (1.5, 0.8), (1.25, 0.7), (1.25, 0.7)]
+    total_weight = 2.0 + 3.0 + 2.5 + 4 * 3.5 / 3
+    expected = -sum(w * math.log(p) for w, p in terms) / total_weight
+    loss = relaxed_boundary_loss(uniform_logits(3, 3), BORDER_SCENE[None], class_weights=weights)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
