@@ -173,3 +173,23 @@ def nyu_tree(root: Path, hdf5: bool = False) -> np.ndarray:
         root / "splits.mat", {"trainNdxs": np.array([[1], [3]]), "testNdxs": np.array([[2]])}
     )
     return images
+
+
+def coco_tree(root: Path) -> Path:
+    """COCO 2017's layout: annotations/instances_{train,val}2017.json beside train2017/ and
+    val2017/; one image per split holding one polygon object of category 1 (of ids 1, 2)."""
+    import json
+
+    for split in ("train2017", "val2017"):
+        write_image(root / split / "000000000001.jpg")
+        data = {
+            "images": [{"id": 1, "file_name": "000000000001.jpg", "height": H, "width": W}],
+            "annotations": [
+                {"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 3], "area": 12,
+                 "segmentation": [[1, 1, 5, 1, 5, 4, 1, 4]], "iscrowd": 0}
+            ],
+            "categories": [{"id": 1, "name": "person"}, {"id": 2, "name": "bicycle"}],
+        }  # fmt: skip
+        (root / "annotations").mkdir(parents=True, exist_ok=True)
+        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(data))
+    return root

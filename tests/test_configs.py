@@ -18,6 +18,7 @@ from release_trees import (
     ade_tree,
     camvid_tree,
     cityscapes_tree,
+    coco_tree,
     nyu_tree,
     pcontext_tree,
     sbd_tree,
@@ -55,6 +56,7 @@ RELEASE_TREES = {
     "ade20k": lambda data: ade_tree(data / "ade20k"),
     "pcontext": lambda data: pcontext_tree(data / "pcontext"),
     "nyudv2": lambda data: nyu_tree(data / "nyudv2"),
+    "coco": lambda data: coco_tree(data / "coco"),
 }
 
 
@@ -68,7 +70,9 @@ def workspace(tmp_path_factory):
     folder_roots = {c.data.root for c in map(load_config, CONFIGS) if c.data.format == "folder"}
     for root in sorted(folder_roots):  # the RGB-D twin's root holds the RGB-D shapes
         depth = root.endswith("_rgbd")
-        write_shapes_dataset(base / root, train=2, val=2, size=32, progress=False, depth=depth)
+        write_shapes_dataset(
+            base / root, train=2, val=2, size=32, progress=False, depth=depth, instances=True
+        )  # instances: the Mask R-CNN twin reads data/shapes as data.format coco
     return base
 
 
@@ -82,6 +86,8 @@ def test_recipe_reads_its_dataset_tree_and_builds_its_model(path, workspace):
     d = cfg.data
     root = workspace / d.root
     assert root.exists(), f"{path.name}: data.root {d.root} is not where its release unpacks"
+    if getattr(DATASETS[d.format].cls, "task", "semantic") == "instance":
+        return _instance_recipe(cfg, root)
     transform = train_transform(d.crop_size, d.scale_range, d.hflip, d.augment)
     train = build_dataset(d.format, root, d.train_split, transform)
     val = build_dataset(d.format, root, d.val_split, eval_transform())
@@ -155,6 +161,8 @@ def test_shapes_twin_runs_a_forward_and_backward_step(path, workspace):
     its options, the trainer's loss (aux outputs and their weights included)."""
     torch.manual_seed(0)
     cfg = load_config(path)
+    if cfg.data.format == "coco":  # Mask R-CNN: the model's own loss dict
+        return _instance_recipe(cfg, workspace / cfg.data.root, step=True)
     assert cfg.data.format == "folder" and cfg.data.root in ("data/shapes", "data/shapes_rgbd")
     dataset = build_dataset("folder", workspace / cfg.data.root, "train", eval_transform())
     images, masks = (torch.stack(t) for t in zip(dataset[0], dataset[1], strict=True))
@@ -167,3 +175,24 @@ def test_shapes_twin_runs_a_forward_and_backward_step(path, workspace):
     loss.backward()
     assert torch.isfinite(loss)
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def _instance_recipe(cfg, root: Path, step: bool = False) -> None:
+    """An instance recipe (data.format coco): its splits read and check, its model builds on
+    meta; with step, one loss-dict forward/backward of the real model on two images."""
+    train = build_dataset(cfg.data.format, root, cfg.data.train_split)
+    val = build_dataset(cfg.data.format, root, cfg.data.val_split)
+    check_dataset(train, progress=False)
+    check_dataset(val, progress=False)
+    image, target = train[0]
+    assert image.dtype == torch.float32 and target["masks"].dtype == torch.uint8
+    options = {k: v for k, v in cfg.model.options.items() if k != "pretrained"}
+    with torch.device("meta"):
+        assert create_model(cfg.model.name, train.num_classes, 3, **options).task == "instance"
+    if step:
+        torch.manual_seed(0)
+        model = create_model(cfg.model.name, train.num_classes, 3, **options).train()
+        images, targets = zip(train[0], train[1], strict=True)
+        loss = sum(model(list(images), list(targets)).values())
+        loss.backward()
+        assert torch.isfinite(loss)
