@@ -9,8 +9,9 @@ def run_shapes(args: argparse.Namespace) -> None:
     from seglab.data.shapes import write_shapes_dataset
 
     root = write_shapes_dataset(
-        args.out, args.train, args.val, args.size, args.seed, progress=not args.quiet
-    )
+        args.out, args.train, args.val, args.size, args.seed, progress=not args.quiet,
+        weak=args.weak,
+    )  # fmt: skip
     print(f"wrote {args.train} train + {args.val} val images of {args.size}x{args.size} to {root}")
 
 
@@ -77,6 +78,11 @@ def declare_data(parser: argparse.ArgumentParser) -> None:
     shapes.add_argument("--val", type=int, default=200, help="validation images")
     shapes.add_argument("--size", type=int, default=64, help="image side in pixels")
     shapes.add_argument("--seed", type=int, default=0)
+    shapes.add_argument(
+        "--weak",
+        action="store_true",
+        help="also write weak labels: tags/, points/, scribbles/, boxes/ (data/weak_labels.py)",
+    )
     shapes.set_defaults(func=run_shapes)
     layouts = {"epilog": formats_epilog(), "formatter_class": argparse.RawDescriptionHelpFormatter}
     format_help = "dataset layout, listed below (default folder)"
