@@ -9,9 +9,14 @@ def run_shapes(args: argparse.Namespace) -> None:
     from seglab.data.shapes import write_shapes_dataset
 
     root = write_shapes_dataset(
-        args.out, args.train, args.val, args.size, args.seed, progress=not args.quiet,
-        weak=args.weak,
-    )  # fmt: skip
+        args.out,
+        args.train,
+        args.val,
+        args.size,
+        args.seed,
+        progress=not args.quiet,
+        instances=args.instances,
+    )
     print(f"wrote {args.train} train + {args.val} val images of {args.size}x{args.size} to {root}")
 
 
@@ -79,9 +84,9 @@ def declare_data(parser: argparse.ArgumentParser) -> None:
     shapes.add_argument("--size", type=int, default=64, help="image side in pixels")
     shapes.add_argument("--seed", type=int, default=0)
     shapes.add_argument(
-        "--weak",
+        "--instances",
         action="store_true",
-        help="also write weak labels: tags/, points/, scribbles/, boxes/ (data/weak_labels.py)",
+        help="also write annotations/instances_SPLIT.json (COCO, each object an instance)",
     )
     shapes.set_defaults(func=run_shapes)
     layouts = {"epilog": formats_epilog(), "formatter_class": argparse.RawDescriptionHelpFormatter}

@@ -79,14 +79,18 @@ def _contrasting_colour(rng: np.random.Generator, against: np.ndarray) -> np.nda
 
 
 def render_scene(
-    rng: np.random.Generator, size: int, max_objects: int = 4
+    rng: np.random.Generator, size: int, max_objects: int = 4, instances: list | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One scene: (size, size, 3) uint8 image and (size, size) uint8 labels."""
+    """One scene: (size, size, 3) uint8 image and (size, size) uint8 labels.
+
+    instances: a list to receive (label, visible (size, size) bool mask) per object in drawing
+    order; occluded objects keep their visible part, hidden ones are left out."""
     background = rng.uniform(0, 255, 3)
     yy, xx = np.mgrid[:size, :size] / size
     gradient = (xx * rng.uniform(-40, 40) + yy * rng.uniform(-40, 40))[..., None]
     image = _texture(rng, size, background) + gradient
     labels = np.zeros((size, size), np.uint8)
+    masks = []
     for _ in range(rng.integers(1, max_objects + 1)):
         label = int(rng.integers(1, len(SHAPE_CLASSES)))
         r = rng.uniform(0.12, 0.24) * size
@@ -94,7 +98,20 @@ def render_scene(
         mask = shape_mask(SHAPE_CLASSES[label], size, cx, cy, r, rng.uniform(0, 2 * math.pi))
         image[mask] = _texture(rng, size, _contrasting_colour(rng, background))[mask]
         labels[mask] = label
+        masks.append((label, mask))
+    if instances is not None:
+        _visible_parts(masks, instances)
     return np.clip(image, 0, 255).astype(np.uint8), labels
+
+
+def _visible_parts(masks: list, instances: list) -> None:
+    """Append (label, visible mask) of each drawn object: what no later object covers."""
+    covered = np.zeros(masks[0][1].shape, bool)
+    for label, mask in reversed(masks):
+        visible = mask & ~covered
+        covered |= mask
+        if visible.any():
+            instances.insert(0, (label, visible))
 
 
 def write_shapes_dataset(
@@ -104,12 +121,12 @@ def write_shapes_dataset(
     size: int = 64,
     seed: int = 0,
     progress: bool = True,
-    weak: bool = False,
+    instances: bool = False,
 ) -> Path:
     """Write the dataset to `root` (images/, masks/, train.txt, val.txt, classes.txt).
 
-    weak: also tags/, points/, scribbles/ and boxes/ derived from each mask the way a person
-    would annotate (seglab/data/weak_labels.py), from their own random stream.
+    instances: also annotations/instances_{train,val}.json, each object a COCO instance of its
+    class (data.format coco, seglab/data/coco.py) over the same images.
 
     Deterministic: image i of a split depends only on (seed, split, i).
     """
@@ -118,20 +135,22 @@ def write_shapes_dataset(
     (root / "masks").mkdir(parents=True, exist_ok=True)
     write_classes_file(root / "classes.txt", SHAPE_CLASSES, SHAPE_COLORS)
     for split_index, (split, count) in enumerate((("train", train), ("val", val))):
-        names = []
+        names, scenes = [], []
         for i in tqdm(
             range(count), desc=f"shapes {split}", unit="img", leave=False, disable=not progress
         ):
             rng = np.random.default_rng([seed, split_index, i])
-            image, labels = render_scene(rng, size)
+            scene: list = []
+            image, labels = render_scene(rng, size, instances=scene if instances else None)
+            scenes.append(scene)
             name = f"{split}_{i:05d}"
             Image.fromarray(image).save(root / "images" / f"{name}.png")
             write_mask(labels, root / "masks" / f"{name}.png", SHAPE_COLORS)
-            if weak:
-                from seglab.data.weak_labels import write_weak_labels
-
-                weak_rng = np.random.default_rng([seed, split_index, i, 1])
-                write_weak_labels(root, name, labels, SHAPE_CLASSES, weak_rng)
             names.append(name)
         (root / f"{split}.txt").write_text("".join(f"{n}\n" for n in names))
+        if instances:
+            from seglab.data.coco import write_instances_json
+
+            path = root / "annotations" / f"instances_{split}.json"
+            write_instances_json(path, names, scenes, SHAPE_CLASSES[1:], (size, size))
     return root
