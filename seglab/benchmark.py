@@ -35,7 +35,7 @@ from seglab.device import resolve_device
 from seglab.errors import SeglabError
 from seglab.models import main_logits
 from seglab.nn.fold_batchnorm import count_batchnorms, fold_batchnorm, input_channels
-from seglab.onnx_graph import EXPORTERS, LogitsOnly, ort_session, to_onnx
+from seglab.onnx_graph import fixed_shape_graph, ort_session
 
 VARIANTS = ("eager", "channels_last", "bn_folded", "compile", "onnxruntime")
 Size = tuple[int, int]
@@ -83,17 +83,8 @@ def model_gflops(name: str, size: Size = (512, 512), **options: Any) -> float:
 
 def _onnx_runner(model: nn.Module, inputs: torch.Tensor) -> Callable[[], torch.Tensor]:
     """An onnxruntime session for this exact input shape (fixed shapes: nothing dynamic)."""
-    module = LogitsOnly(model).eval()
-    errors = []
-    for exporter in EXPORTERS:
-        try:
-            graph = to_onnx(module, inputs.cpu(), exporter).SerializeToString()
-            break
-        except SeglabError:
-            raise
-        except Exception as error:  # noqa: BLE001 - try the other exporter
-            errors.append(f"{exporter}: {type(error).__name__}")
-    else:
+    graph, errors = fixed_shape_graph(model, inputs)
+    if graph is None:
         raise RuntimeError(f"ONNX export failed ({'; '.join(errors)})")
     # the same threads as PyTorch, so the comparison is between runtimes, not thread counts
     session = ort_session(graph, threads=torch.get_num_threads(), cuda=inputs.is_cuda)

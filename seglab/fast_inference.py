@@ -101,21 +101,11 @@ class FastModel(nn.Module):
 
 def _onnx_session(model: nn.Module, images: torch.Tensor):
     """An onnxruntime CPU session of `model` traced at exactly images' shape."""
-    from seglab.onnx_graph import EXPORTERS, LogitsOnly, require_onnx, to_onnx
+    from seglab.onnx_graph import fixed_shape_graph, require_onnx
 
     _, ort = require_onnx(runtime=True)
-    source = LogitsOnly(model).eval()
-    example = images.detach().float().cpu()
-    errors = []
-    for exporter in EXPORTERS:
-        try:
-            graph = to_onnx(source, example, exporter).SerializeToString()
-            break
-        except SeglabError:
-            raise
-        except Exception as error:  # noqa: BLE001 - try the other exporter
-            errors.append(f"{exporter}: {type(error).__name__}")
-    else:
+    graph, errors = fixed_shape_graph(model, images)
+    if graph is None:
         raise SeglabError(
             f"backend onnxruntime: this model does not export to ONNX ({'; '.join(errors)}); "
             "use backend torch (--backend torch)"

@@ -22,7 +22,15 @@ from torch import nn
 from seglab.errors import SeglabError
 from seglab.models.base import main_logits
 
-__all__ = ["AXES", "EXPORTERS", "LogitsOnly", "ort_session", "require_onnx", "to_onnx"]
+__all__ = [
+    "AXES",
+    "EXPORTERS",
+    "LogitsOnly",
+    "fixed_shape_graph",
+    "ort_session",
+    "require_onnx",
+    "to_onnx",
+]
 
 EXPORTERS = ("torchscript", "dynamo")
 AXES = {"batch": 0, "height": 2, "width": 3}  # name -> dimension of the (B, C, H, W) image
@@ -134,6 +142,21 @@ def to_onnx(
             optimize=True,
         )
         return program.model_proto
+
+
+def fixed_shape_graph(model: nn.Module, example: torch.Tensor) -> tuple[bytes | None, list[str]]:
+    """The serialized ONNX graph of `model`'s logits at exactly `example`'s shape, trying each
+    exporter in turn: (graph, []) or (None, the exporters' one-word failures)."""
+    module = LogitsOnly(model).eval()
+    errors = []
+    for exporter in EXPORTERS:
+        try:
+            return to_onnx(module, example.detach().float().cpu(), exporter).SerializeToString(), []
+        except SeglabError:
+            raise
+        except Exception as error:  # noqa: BLE001 - try the other exporter
+            errors.append(f"{exporter}: {type(error).__name__}")
+    return None, errors
 
 
 def ort_session(graph: bytes, threads: int | None = None, cuda: bool = False):
