@@ -16,6 +16,7 @@ def run_shapes(args: argparse.Namespace) -> None:
         args.seed,
         progress=not args.quiet,
         instances=args.instances,
+        weak=args.weak,
     )
     print(f"wrote {args.train} train + {args.val} val images of {args.size}x{args.size} to {root}")
 
@@ -87,6 +88,11 @@ def declare_data(parser: argparse.ArgumentParser) -> None:
         "--instances",
         action="store_true",
         help="also write annotations/instances_SPLIT.json (COCO, each object an instance)",
+    )
+    shapes.add_argument(
+        "--weak",
+        action="store_true",
+        help="also write weak labels: tags/, points/, scribbles/, boxes/ (data/weak_labels.py)",
     )
     shapes.set_defaults(func=run_shapes)
     layouts = {"epilog": formats_epilog(), "formatter_class": argparse.RawDescriptionHelpFormatter}

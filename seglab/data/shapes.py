@@ -122,11 +122,15 @@ def write_shapes_dataset(
     seed: int = 0,
     progress: bool = True,
     instances: bool = False,
+    weak: bool = False,
 ) -> Path:
     """Write the dataset to `root` (images/, masks/, train.txt, val.txt, classes.txt).
 
     instances: also annotations/instances_{train,val}.json, each object a COCO instance of its
     class (data.format coco, seglab/data/coco.py) over the same images.
+
+    weak: also tags/, points/, scribbles/ and boxes/ derived from each mask the way a person
+    would annotate (seglab/data/weak_labels.py), from their own random stream.
 
     Deterministic: image i of a split depends only on (seed, split, i).
     """
@@ -146,6 +150,11 @@ def write_shapes_dataset(
             name = f"{split}_{i:05d}"
             Image.fromarray(image).save(root / "images" / f"{name}.png")
             write_mask(labels, root / "masks" / f"{name}.png", SHAPE_COLORS)
+            if weak:
+                from seglab.data.weak_labels import write_weak_labels
+
+                weak_rng = np.random.default_rng([seed, split_index, i, 1])
+                write_weak_labels(root, name, labels, SHAPE_CLASSES, weak_rng)
             names.append(name)
         (root / f"{split}.txt").write_text("".join(f"{n}\n" for n in names))
         if instances:
