@@ -73,6 +73,7 @@ class FickleNet(nn.Module):
         encoder: str = "vgg16",
         width: int = 64,
         output_stride: int = 8,
+        stage: int = -1,
         kernel: int = 3,
         drop: float = 0.5,
         keep_centre: bool = True,
@@ -85,7 +86,10 @@ class FickleNet(nn.Module):
         self.num_classes, self.kernel, self.drop = num_classes, kernel, drop
         self.keep_centre, self.samples, self.aggregate = keep_centre, samples, aggregate
         self.encoder = build_encoder(encoder, in_channels, output_stride, width=width)
-        self.classifier = nn.Conv2d(self.encoder.channels[-1], num_classes, kernel, stride=kernel)
+        self.stage = stage
+        self.classifier = nn.Conv2d(
+            self.encoder.channels[stage], num_classes, kernel, stride=kernel
+        )
 
     def score_map(self, features: torch.Tensor, stochastic: bool) -> torch.Tensor:
         expanded = expand_windows(features, self.kernel)
@@ -94,7 +98,7 @@ class FickleNet(nn.Module):
         return self.classifier(expanded)
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        return [self.score_map(self.encoder(images)[-1], stochastic=self.training)]
+        return [self.score_map(self.encoder(images)[self.stage], stochastic=self.training)]
 
     def loss(self, images: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
         return tag_loss(self(images), tags)
@@ -103,7 +107,7 @@ class FickleNet(nn.Module):
     def cams(self, images: torch.Tensor) -> torch.Tensor:
         """(N, K, h, w): `samples` stochastic maps (features computed once), each
         max-normalised, aggregated by mean or max, normalised again."""
-        features = self.encoder(images)[-1]
+        features = self.encoder(images)[self.stage]
         maps = torch.stack(
             [normalise_cams(self.score_map(features, True)) for _ in range(self.samples)]
         )

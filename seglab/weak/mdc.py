@@ -33,7 +33,9 @@ class MDCNet(nn.Module):
     """Encoder -> one 3x3 conv block per dilation -> 1x1 class scores per block.
 
     num_classes: foreground classes K. encoder/width/output_stride go to
-    seglab.encoders.build_encoder (VGG-16 as the paper's usual backbone; width scales it).
+    seglab.encoders.build_encoder (VGG-16 as the paper's usual backbone; width scales it); stage:
+    which of the encoder's maps feeds the head (-1 the last; an earlier one for small images,
+    whose last map's receptive field covers the whole image).
     Input (N, C, H, W) -> forward: list of (N, K, H/os, W/os) score maps, one per dilation.
     """
 
@@ -44,6 +46,7 @@ class MDCNet(nn.Module):
         encoder: str = "vgg16",
         width: int = 64,
         output_stride: int = 8,
+        stage: int = -1,
         dilations: tuple[int, ...] = DILATIONS,
         block_channels: int | None = None,
     ) -> None:
@@ -55,7 +58,8 @@ class MDCNet(nn.Module):
         self.num_classes = num_classes
         self.dilations = tuple(dilations)
         self.encoder = build_encoder(encoder, in_channels, output_stride, width=width)
-        channels = self.encoder.channels[-1]
+        self.stage = stage
+        channels = self.encoder.channels[stage]
         hidden = block_channels or channels
         self.blocks = nn.ModuleList(
             nn.Sequential(
@@ -67,7 +71,7 @@ class MDCNet(nn.Module):
         )
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        features = self.encoder(images)[-1]
+        features = self.encoder(images)[self.stage]
         return [block(features) for block in self.blocks]
 
     def loss(self, images: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
