@@ -17,8 +17,29 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from seglab.data.labels import IGNORE_INDEX
+from seglab.encoders import build_encoder
+
+
+class CamBackbone(nn.Module):
+    """The encoder of a CAM generator and the one of its maps the CAM head reads.
+
+    encoder/width/output_stride go to seglab.encoders.build_encoder (VGG-16, the papers'
+    usual backbone; width scales it). stage: which returned map feeds the head (-1 the last;
+    an earlier one for small images, whose last map's receptive field covers all of them).
+    (N, in_channels, H, W) -> (N, channels, H / stride, W / stride).
+    """
+
+    def __init__(self, in_channels: int = 3, encoder: str = "vgg16", width: int = 64,
+                 output_stride: int = 8, stage: int = -1) -> None:  # fmt: skip
+        super().__init__()
+        self.encoder = build_encoder(encoder, in_channels, output_stride, width=width)
+        self.stage, self.channels = stage, self.encoder.channels[stage]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encoder(images)[self.stage]
 
 
 def tag_loss(score_maps: list[torch.Tensor], tags: torch.Tensor) -> torch.Tensor:

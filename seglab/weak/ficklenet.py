@@ -18,8 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seglab.encoders import build_encoder
-from seglab.weak.cam import normalise_cams, tag_loss
+from seglab.weak.cam import CamBackbone, normalise_cams, tag_loss
 
 
 def expand_windows(features: torch.Tensor, k: int) -> torch.Tensor:
@@ -69,27 +68,20 @@ class FickleNet(nn.Module):
     def __init__(
         self,
         num_classes: int,
-        in_channels: int = 3,
-        encoder: str = "vgg16",
-        width: int = 64,
-        output_stride: int = 8,
-        stage: int = -1,
         kernel: int = 3,
         drop: float = 0.5,
         keep_centre: bool = True,
         samples: int = 20,
         aggregate: str = "mean",
+        **backbone,
     ) -> None:
         super().__init__()
         if aggregate not in ("mean", "max"):
             raise ValueError(f"aggregate must be mean or max, got {aggregate!r}")
         self.num_classes, self.kernel, self.drop = num_classes, kernel, drop
         self.keep_centre, self.samples, self.aggregate = keep_centre, samples, aggregate
-        self.encoder = build_encoder(encoder, in_channels, output_stride, width=width)
-        self.stage = stage
-        self.classifier = nn.Conv2d(
-            self.encoder.channels[stage], num_classes, kernel, stride=kernel
-        )
+        self.backbone = CamBackbone(**backbone)  # in_channels, encoder, width, stride, stage
+        self.classifier = nn.Conv2d(self.backbone.channels, num_classes, kernel, stride=kernel)
 
     def score_map(self, features: torch.Tensor, stochastic: bool) -> torch.Tensor:
         expanded = expand_windows(features, self.kernel)
@@ -98,7 +90,7 @@ class FickleNet(nn.Module):
         return self.classifier(expanded)
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        return [self.score_map(self.encoder(images)[self.stage], stochastic=self.training)]
+        return [self.score_map(self.backbone(images), stochastic=self.training)]
 
     def loss(self, images: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
         return tag_loss(self(images), tags)
@@ -107,7 +99,7 @@ class FickleNet(nn.Module):
     def cams(self, images: torch.Tensor) -> torch.Tensor:
         """(N, K, h, w): `samples` stochastic maps (features computed once), each
         max-normalised, aggregated by mean or max, normalised again."""
-        features = self.encoder(images)[self.stage]
+        features = self.backbone(images)
         maps = torch.stack(
             [normalise_cams(self.score_map(features, True)) for _ in range(self.samples)]
         )

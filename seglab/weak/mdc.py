@@ -16,8 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from seglab.encoders import build_encoder
-from seglab.weak.cam import normalise_cams, tag_loss
+from seglab.weak.cam import CamBackbone, normalise_cams, tag_loss
 
 DILATIONS = (1, 3, 6, 9)
 
@@ -32,23 +31,17 @@ def fuse_maps(maps: list[torch.Tensor]) -> torch.Tensor:
 class MDCNet(nn.Module):
     """Encoder -> one 3x3 conv block per dilation -> 1x1 class scores per block.
 
-    num_classes: foreground classes K. encoder/width/output_stride go to
-    seglab.encoders.build_encoder (VGG-16 as the paper's usual backbone; width scales it); stage:
-    which of the encoder's maps feeds the head (-1 the last; an earlier one for small images,
-    whose last map's receptive field covers the whole image).
+    num_classes: foreground classes K; `backbone` options go to seglab.weak.cam.CamBackbone
+    (in_channels, encoder, width, output_stride, stage).
     Input (N, C, H, W) -> forward: list of (N, K, H/os, W/os) score maps, one per dilation.
     """
 
     def __init__(
         self,
         num_classes: int,
-        in_channels: int = 3,
-        encoder: str = "vgg16",
-        width: int = 64,
-        output_stride: int = 8,
-        stage: int = -1,
         dilations: tuple[int, ...] = DILATIONS,
         block_channels: int | None = None,
+        **backbone,
     ) -> None:
         super().__init__()
         if not dilations or dilations[0] != 1:
@@ -57,9 +50,8 @@ class MDCNet(nn.Module):
             )
         self.num_classes = num_classes
         self.dilations = tuple(dilations)
-        self.encoder = build_encoder(encoder, in_channels, output_stride, width=width)
-        self.stage = stage
-        channels = self.encoder.channels[stage]
+        self.backbone = CamBackbone(**backbone)
+        channels = self.backbone.channels
         hidden = block_channels or channels
         self.blocks = nn.ModuleList(
             nn.Sequential(
@@ -71,7 +63,7 @@ class MDCNet(nn.Module):
         )
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        features = self.encoder(images)[self.stage]
+        features = self.backbone(images)
         return [block(features) for block in self.blocks]
 
     def loss(self, images: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
