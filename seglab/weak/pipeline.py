@@ -114,10 +114,10 @@ def run_weak(cfg: Config, weak: dict, progress: bool = True) -> dict:
         torch.set_num_threads(cfg.train.threads)
     train_set = FolderDataset(data.root, data.train_split)
     val_set = FolderDataset(data.root, data.val_split)
-    run.mkdir(parents=True, exist_ok=True)
+    tags = TagDataset(train_set, hflip=cam["hflip"])
+    run.mkdir(parents=True, exist_ok=True)  # after the tags were read: a mistake leaves no run
     (run / "weak.yaml").write_text(yaml.safe_dump(weak, sort_keys=False))
     # (a) the CAM generator on image tags
-    tags = TagDataset(train_set, hflip=cam["hflip"])
     torch.manual_seed(cam["seed"])
     model = build_cam_model(cam["method"], tags.num_foreground, dict(cam["options"]))
     weights = run / "cam" / "cam.safetensors"
