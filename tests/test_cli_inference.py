@@ -50,9 +50,9 @@ def _spy_on_segmenter(monkeypatch) -> list:
     seen = []
     original = Segmenter.from_checkpoint.__func__
 
-    def spy(cls, path, device="cpu", inference=None, crf=None):
+    def spy(cls, path, device="cpu", inference=None, crf=None, *speed):
         seen.append(inference)
-        return original(cls, path, device, inference, crf)
+        return original(cls, path, device, inference, crf, *speed)
 
     monkeypatch.setattr(Segmenter, "from_checkpoint", classmethod(spy))
     return seen

@@ -146,9 +146,9 @@ def _nan_loss_at_call(monkeypatch, bad_call: int) -> None:
 
     real, calls = losses.SegmentationLoss.forward, []
 
-    def forward(self, outputs, target, pixel_weights=None):
+    def forward(self, outputs, target, pixel_weights=None, **inputs):
         calls.append(1)
-        loss = real(self, outputs, target, pixel_weights)
+        loss = real(self, outputs, target, pixel_weights, **inputs)
         return loss * float("nan") if len(calls) == bad_call else loss
 
     monkeypatch.setattr(losses.SegmentationLoss, "forward", forward)

@@ -9,16 +9,12 @@ def run_shapes(args: argparse.Namespace) -> None:
     from seglab.data.shapes import write_shapes_dataset
 
     root = write_shapes_dataset(
-        args.out,
-        args.train,
-        args.val,
-        args.size,
-        args.seed,
-        progress=not args.quiet,
-        instances=args.instances,
-        weak=args.weak,
-    )
-    print(f"wrote {args.train} train + {args.val} val images of {args.size}x{args.size} to {root}")
+        args.out, args.train, args.val, args.size, args.seed, not args.quiet, args.depth,
+        instances=args.instances, weak=args.weak,
+    )  # fmt: skip
+    kind = "RGB-D" if args.depth else ""
+    print(f"wrote {args.train} train + {args.val} val {kind}{' ' * bool(kind)}images of "
+          f"{args.size}x{args.size} to {root}")  # fmt: skip
 
 
 def run_check(args: argparse.Namespace) -> None:
@@ -88,6 +84,9 @@ def declare_data(parser: argparse.ArgumentParser) -> None:
         "--instances",
         action="store_true",
         help="also write annotations/instances_SPLIT.json (COCO, each object an instance)",
+    )
+    shapes.add_argument(
+        "--depth", action="store_true", help="RGB-D: add depth/, near and far squares"
     )
     shapes.add_argument(
         "--weak",

@@ -33,9 +33,11 @@ def run_models(args: argparse.Namespace) -> None:
             paper = info.paper_options or {"num_classes": 21}
             with torch.device("meta"):  # shapes only: no memory for 100M+ parameters
                 params = count_parameters(create_model(name, **paper))
-            gflops = model_gflops(name, (512, 512), **paper)  # FlopCounterMode: 2 per MAC
+            # FlopCounterMode: 2 per MAC; an instance model's cost depends on its detections
+            semantic = info.cls.task == "semantic"
+            gflops = f"{model_gflops(name, (512, 512), **paper):>7.1f}" if semantic else "    n/a"
             line = (
-                f"{name:<{width}} {params:>13,d} params {gflops:>7.1f} GFLOPs@512x512  "
+                f"{name:<{width}} {params:>13,d} params {gflops} GFLOPs@512x512  "
                 f"{info.summary} ({paper})"
             )
         print(line)

@@ -9,6 +9,8 @@
                            e.g. `255 1` for binary masks saved as 0/255
       train.txt, val.txt   one NAME per line; without split files every image is in `all`,
                            or data.val_fraction splits them (seglab/data/folder_layout.py)
+      depth/NAME.png       optional: 16-bit depth, its scale in depth.txt (seglab/data/depth.py);
+                           with it the dataset's inputs are ("image", "depth")
 
 `check_dataset` reads every file once before training and reports the first problem as one
 line naming the file and the fix. Files are read by seglab/data/images.py (EXIF orientation,
@@ -29,6 +31,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from seglab.data.colour_masks import read_mask_values
+from seglab.data.depth import read_depth, read_depth_scale
 from seglab.data.folder_layout import IMAGE_SUFFIXES, FolderLayout  # noqa: F401 (re-exported)
 from seglab.data.images import (
     SWAPPING_ORIENTATIONS,
@@ -163,7 +166,14 @@ class FolderDataset(torch.utils.data.Dataset):
     then draws its randomness from that seed alone, so augmentation does not depend on worker
     count or on where a resumed run restarted.
     Returns (image, mask): the transform's output, by default (3, H, W) uint8 and (H, W) int64.
+    With a depth/ folder the transform gets (image, mask, depth metres) and returns the depth
+    as the image's last channel; without a transform the image is (4, H, W) float32, depth in
+    metres last.
     """
+
+    # Release readers (VOC, Cityscapes, ...) have no depth; subclasses with depth set both.
+    depth_scale: float | None = None
+    inputs: tuple[str, ...] = ("image",)
 
     def __init__(
         self,
@@ -193,6 +203,9 @@ class FolderDataset(torch.utils.data.Dataset):
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
         # Stored mask value -> label id, e.g. {255: 1} for binary masks saved as 0/255.
         self.label_map = read_label_map(self.root / "label_map.txt", self.classes.names)
+        has_depth = (self.root / "depth").is_dir()
+        self.depth_scale = read_depth_scale(self.root) if has_depth else None
+        self.inputs = ("image", "depth") if has_depth else ("image",)
 
     @property
     def num_classes(self) -> int:
@@ -229,6 +242,13 @@ class FolderDataset(torch.utils.data.Dataset):
     def mask_path(self, index: int) -> Path:
         return self.layout.mask_path(self.root, self.names[index])
 
+    def depth_path(self, index: int) -> Path:
+        return self.root / "depth" / f"{self.names[index]}.png"
+
+    def load_depth(self, index: int) -> np.ndarray:
+        """(H, W) float32 depth in metres (0 = none), unchecked."""
+        return read_depth(self.depth_path(index), self.depth_scale)
+
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """(H, W, 3) uint8 image and (H, W) uint8 mask, unchecked."""
         if self._cache is not None and index in self._cache:
@@ -249,6 +269,11 @@ class FolderDataset(torch.utils.data.Dataset):
             raise SeglabError(
                 size_mismatch_message(self.image_path(index), image, mask, self.mask_path(index))
             )
+        if self.depth_scale is not None and self.load_depth(index).shape != mask.shape:
+            raise SeglabError(
+                f"{self.depth_path(index)}: depth is not {mask.shape[1]}x{mask.shape[0]} as its "
+                "mask; depth maps must match their images pixel for pixel"
+            )
         return check_label_values(mask, self.num_classes, self.mask_path(index))
 
     def __len__(self) -> int:
@@ -259,13 +284,14 @@ class FolderDataset(torch.utils.data.Dataset):
         image, mask = self.load(index)
         image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
         mask = torch.from_numpy(mask.astype(np.int64))
+        extra = () if self.depth_scale is None else (torch.from_numpy(self.load_depth(index)),)
         if self.transform is None:
-            return image, mask
+            return (torch.cat([image.float(), extra[0][None]]) if extra else image), mask
         if seed is None:
-            return self.transform(image, mask)
+            return self.transform(image, mask, *extra)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return self.transform(image, mask)
+            return self.transform(image, mask, *extra)
 
 
 def check_dataset(dataset: FolderDataset, progress: bool = True) -> None:

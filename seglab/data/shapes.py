@@ -5,6 +5,11 @@ random per object: colour, texture (noise, stripes), size, rotation, position, a
 objects drawn later. A model can only score well by learning shape, which makes the set a fair,
 offline stand-in for a real dataset. Written in the generic folder layout (seglab/data/folder.py)
 so that it goes through the same loader and checks as a user's own data.
+
+The RGB-D variant (`seglab data shapes --depth`) adds depth/ in millimetres: the background is
+a plane about 5 m away, each object a surface at its own depth, and the square is two classes,
+near_square (1-2 m) and far_square (3-4 m), drawn from the same sizes and colours: only depth
+tells them apart, so an RGB-D model can beat an RGB one on them.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from seglab.data.depth import write_depth, write_depth_description
 from seglab.data.folder import write_classes_file, write_mask
 
 SHAPE_CLASSES = ("background", "disc", "square", "triangle", "ring", "cross")
@@ -27,6 +33,11 @@ SHAPE_COLORS = [
     (0, 130, 200),
     (245, 130, 48),
 ]
+
+DEPTH_SHAPE_CLASSES = ("background", "disc", "near_square", "far_square", "triangle", "ring",
+                       "cross")  # fmt: skip
+DEPTH_SHAPE_COLORS = [*SHAPE_COLORS[:3], (145, 30, 180), *SHAPE_COLORS[3:]]
+NEAR_SQUARE, FAR_SQUARE = 2, 3
 
 
 def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
@@ -79,10 +90,15 @@ def _contrasting_colour(rng: np.random.Generator, against: np.ndarray) -> np.nda
 
 
 def render_scene(
-    rng: np.random.Generator, size: int, max_objects: int = 4, instances: list | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """One scene: (size, size, 3) uint8 image and (size, size) uint8 labels.
-
+    rng: np.random.Generator,
+    size: int,
+    max_objects: int = 4,
+    depth: bool = False,
+    instances: list | None = None,
+) -> tuple[np.ndarray, ...]:
+    """One scene: (size, size, 3) uint8 image and (size, size) uint8 labels; with depth=True
+    also (size, size) float32 metres, labels then of DEPTH_SHAPE_CLASSES. The depth draws come
+    after the RGB ones, so the images are those of the RGB set with the same seed.
     instances: a list to receive (label, visible (size, size) bool mask) per object in drawing
     order; occluded objects keep their visible part, hidden ones are left out."""
     background = rng.uniform(0, 255, 3)
@@ -99,9 +115,24 @@ def render_scene(
         image[mask] = _texture(rng, size, _contrasting_colour(rng, background))[mask]
         labels[mask] = label
         masks.append((label, mask))
+    image = np.clip(image, 0, 255).astype(np.uint8)
     if instances is not None:
         _visible_parts(masks, instances)
-    return np.clip(image, 0, 255).astype(np.uint8), labels
+    if not depth:
+        return image, labels
+    metres = 5.0 + (xx - 0.5) * rng.uniform(-1, 1) + (yy - 0.5) * rng.uniform(-1, 1)
+    for label, mask in masks:  # in drawing order: later objects occlude earlier ones
+        far = label == SHAPE_CLASSES.index("square") and rng.random() < 0.5
+        if label == SHAPE_CLASSES.index("square"):
+            metres[mask] = rng.uniform(3.0, 4.0) if far else rng.uniform(1.0, 2.0)
+            labels[mask] = FAR_SQUARE if far else NEAR_SQUARE
+        else:
+            metres[mask] = rng.uniform(1.0, 4.0)
+            labels[mask] = label + (label > NEAR_SQUARE - 1)  # ids after the squares shift by 1
+    metres += rng.normal(0, 0.02, metres.shape)  # sensor noise
+    if instances is not None:  # the depth classes
+        instances[:] = [(int(labels[mask][0]), mask) for _, mask in instances]
+    return image, labels, metres.astype(np.float32)
 
 
 def _visible_parts(masks: list, instances: list) -> None:
@@ -121,10 +152,12 @@ def write_shapes_dataset(
     size: int = 64,
     seed: int = 0,
     progress: bool = True,
+    depth: bool = False,
     instances: bool = False,
     weak: bool = False,
 ) -> Path:
-    """Write the dataset to `root` (images/, masks/, train.txt, val.txt, classes.txt).
+    """Write the dataset to `root` (images/, masks/, train.txt, val.txt, classes.txt; with
+    depth=True also depth/ in millimetres and depth.txt, classes DEPTH_SHAPE_CLASSES).
 
     instances: also annotations/instances_{train,val}.json, each object a COCO instance of its
     class (data.format coco, seglab/data/coco.py) over the same images.
@@ -137,7 +170,13 @@ def write_shapes_dataset(
     root = Path(root)
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
-    write_classes_file(root / "classes.txt", SHAPE_CLASSES, SHAPE_COLORS)
+    classes, colors = (
+        (DEPTH_SHAPE_CLASSES, DEPTH_SHAPE_COLORS) if depth else (SHAPE_CLASSES, SHAPE_COLORS)
+    )
+    write_classes_file(root / "classes.txt", classes, colors)
+    if depth:
+        (root / "depth").mkdir(exist_ok=True)
+        write_depth_description(root, 0.001)
     for split_index, (split, count) in enumerate((("train", train), ("val", val))):
         names, scenes = [], []
         for i in tqdm(
@@ -145,21 +184,25 @@ def write_shapes_dataset(
         ):
             rng = np.random.default_rng([seed, split_index, i])
             scene: list = []
-            image, labels = render_scene(rng, size, instances=scene if instances else None)
+            image, labels, *metres = render_scene(
+                rng, size, depth=depth, instances=scene if instances else None
+            )
             scenes.append(scene)
             name = f"{split}_{i:05d}"
             Image.fromarray(image).save(root / "images" / f"{name}.png")
-            write_mask(labels, root / "masks" / f"{name}.png", SHAPE_COLORS)
+            write_mask(labels, root / "masks" / f"{name}.png", colors)
             if weak:
                 from seglab.data.weak_labels import write_weak_labels
 
                 weak_rng = np.random.default_rng([seed, split_index, i, 1])
-                write_weak_labels(root, name, labels, SHAPE_CLASSES, weak_rng)
+                write_weak_labels(root, name, labels, classes, weak_rng)
+            if depth:
+                write_depth(metres[0], root / "depth" / f"{name}.png", 0.001)
             names.append(name)
         (root / f"{split}.txt").write_text("".join(f"{n}\n" for n in names))
         if instances:
             from seglab.data.coco import write_instances_json
 
             path = root / "annotations" / f"instances_{split}.json"
-            write_instances_json(path, names, scenes, SHAPE_CLASSES[1:], (size, size))
+            write_instances_json(path, names, scenes, classes[1:], (size, size))
     return root

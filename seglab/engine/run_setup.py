@@ -75,6 +75,11 @@ def image_channels(dataset: FolderDataset) -> int:
     return image.shape[2] if image.ndim == 3 else 1
 
 
+def dataset_inputs(dataset) -> tuple[str, ...]:
+    """The inputs a dataset's samples carry: ("image",) or ("image", "depth")."""
+    return tuple(getattr(dataset, "inputs", ("image",)))
+
+
 def class_weights(cfg: Config, train_set: FolderDataset) -> list[float] | None:
     weights = cfg.loss.class_weights
     if weights == "median_frequency":
@@ -112,7 +117,14 @@ def build_model(
                 f"model.options.{fixed}: seglab takes it from the dataset (classes.txt and its "
                 "images); remove it from the config"
             )
-    channels = image_channels(train_set)
+    channels = image_channels(train_set) + ("depth" in dataset_inputs(train_set))
+    model_inputs = model_info(cfg.model.name).cls.inputs
+    if set(model_inputs) - set(dataset_inputs(train_set)):
+        raise SeglabError(
+            f"model {cfg.model.name!r} takes {' + '.join(model_inputs)} but {cfg.data.root} "
+            f"has {' + '.join(dataset_inputs(train_set))}; add its depth/ folder and depth.txt "
+            "(seglab/data/depth.py) or choose an RGB model"
+        )
     model_task = model_info(cfg.model.name).cls.task
     check_task(cfg.model.name, model_task, cfg.data.format, train_set)
     model = create_model(cfg.model.name, train_set.num_classes, channels, **cfg.model.options)
@@ -176,13 +188,14 @@ def build_loader(
 ) -> DataLoader:
     """Micro-batches of this rank's slice of every global batch, from `step` on."""
     batch = cfg.data.batch_size
+    instance = dataset_task(train_set) == "instance"  # lists of targets, not one tensor
     return DataLoader(
         train_set,
         batch_size=batch // (world.size * cfg.train.accumulate),
         sampler=TrainSampler(len(train_set), batch, cfg.train.seed, step, world.rank, world.size),
         num_workers=cfg.data.num_workers,
         pin_memory=device.type == "cuda",
-        collate_fn=collate_instances if dataset_task(train_set) == "instance" else collate_same_size,  # noqa: E501
+        collate_fn=collate_instances if instance else collate_same_size,
         generator=torch.Generator(),  # keeps DataLoader off the global RNG (exact resume)
     )
 
