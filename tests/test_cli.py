@@ -235,3 +235,40 @@ def test_quiet_draws_no_progress_bar_in_any_command(tmp_path, capsys):
     for command in commands:
         assert main(["--quiet", *command]) == 0, command
         assert capsys.readouterr().err == "", command
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("seglab: error:") and err.count("\n") == 1, err
+    return err
+
+
+def test_config_mistakes_of_other_toolboxes_users_are_one_line_through_the_cli(
+    tmp_path, capsys, monkeypatch
+):
+    """Issue 13's traceback cases that a config causes: each exits 2 with one line."""
+    from seglab.data.shapes import write_shapes_dataset
+
+    data = write_shapes_dataset(tmp_path / "shapes", train=4, val=2, size=24, progress=False)
+    config = _tiny_config(tmp_path, data, batch_size=2)
+    # What an SMP or MMSegmentation user writes first: the class count among the options.
+    assert main(["--quiet", "train", str(config), "model.options.num_classes=3"]) == 2
+    assert "model.options.num_classes" in _one_line_error(capsys)
+    # pretrained weights without a network: refused at once, not after 47 s of retries.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hub_cache"))
+    pretrained = tmp_path / "pretrained.yaml"
+    pretrained.write_text(
+        config.read_text().replace(
+            "{name: unet, options: {width: 4, depth: 2, padding: same, batch_norm: true}}",
+            "{name: deeplabv3, options: {encoder: resnet18, pretrained: true}}",
+        )
+    )
+    assert main(["--quiet", "train", str(pretrained), f"run_dir={tmp_path / 'r2'}"]) == 2
+    assert "pretrained=PATH" in _one_line_error(capsys)
+    # Images of different sizes batched without a crop: a collate RuntimeError before.
+    name = (data / "train.txt").read_text().split()[0]
+    Image.fromarray(np.zeros((30, 20, 3), np.uint8)).save(data / "images" / f"{name}.png")
+    Image.fromarray(np.zeros((30, 20), np.uint8)).save(data / "masks" / f"{name}.png")
+    assert main(["--quiet", "train", str(config), f"run_dir={tmp_path / 'r3'}"]) == 2
+    assert "data.crop_size" in _one_line_error(capsys)
