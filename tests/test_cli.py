@@ -272,3 +272,23 @@ def test_config_mistakes_of_other_toolboxes_users_are_one_line_through_the_cli(
     Image.fromarray(np.zeros((30, 20), np.uint8)).save(data / "masks" / f"{name}.png")
     assert main(["--quiet", "train", str(config), f"run_dir={tmp_path / 'r3'}"]) == 2
     assert "data.crop_size" in _one_line_error(capsys)
+
+
+def test_models_lists_the_registry_without_importing_torch():
+    # The static index (ast over seglab/models/*.py) must equal the real registry, and the
+    # command that prints it must not load torch (issue 18: `seglab models` under a second).
+    import subprocess
+    import sys
+
+    from seglab.cli.model_index import model_summaries
+    from seglab.models import MODELS
+
+    assert model_summaries() == {name: MODELS[name].summary for name in sorted(MODELS)}
+    code = (
+        "import sys; from seglab.cli import main; main(['models']); "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split()[0] == sorted(MODELS)[0] and len(out.stdout.splitlines()) == len(
+        MODELS
+    )

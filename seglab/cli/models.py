@@ -18,6 +18,14 @@ def format_options(options: dict) -> str:
 
 
 def run_models(args: argparse.Namespace) -> None:
+    if not (args.table or args.verbose):  # names and summaries only: no torch import
+        from seglab.cli.model_index import model_summaries
+
+        summaries = model_summaries()
+        width = max(len(name) for name in summaries) + 1
+        for name, summary in summaries.items():
+            print(f"{name:<{width}} {summary}")
+        return
     from seglab.models import MODELS
 
     width = max(len(name) for name in MODELS) + 1
