@@ -50,7 +50,9 @@ def _read_mat(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
         try:
             import h5py
         except ImportError:
-            raise SeglabError(f"{path} is MATLAB v7.3 (HDF5): `pip install h5py`") from None
+            raise SeglabError(
+                f"{path} is MATLAB v7.3 (HDF5): install h5py (`pip install 'seglab[rgbd]'`)"
+            ) from None
         with h5py.File(path, "r") as mat:
             return {k: np.asarray(mat[k]).T for k in keys}  # h5py sees MATLAB's axes reversed
     from scipy.io import loadmat
