@@ -193,3 +193,60 @@ def coco_tree(root: Path) -> Path:
         (root / "annotations").mkdir(parents=True, exist_ok=True)
         (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(data))
     return root
+
+
+SUN_SCENES = {  # scene folder under SUNRGBD/ -> (split, image H x W, raw labels of row 0)
+    "kv1/NYUdata/NYU0001": ("test", (4, 6), [0, 1, 37, 5]),
+    "kv2/kinect2data/000065_2014-05-16_20-14-38_260595134347_rgbf000121-resize": (
+        "train", (5, 7), [12, 0, 0, 2]),
+    "realsense/lg/2014_10_24-14_13_06-1311000073": ("train", (4, 6), [37, 37, 1, 0]),
+}  # fmt: skip
+
+
+def sunrgbd_tree(root: Path, labels: str = "npy") -> dict[str, np.ndarray]:
+    """SUN RGB-D's release at `root`: three scene folders (image/, depth_bfx/ with the
+    release's 3-bit-rotated millimetres), SUNRGBDtoolbox's SUNRGBDMeta.mat and allsplit.mat
+    (paths as the toolbox spells them), and the 37-class labels either as RedNet's per-scene
+    label/label.npy ("npy") or in SUNRGBD2Dseg.mat, MATLAB v7.3 ("seg2d", needs h5py).
+    Returns each scene's depth in millimetres; row 1 of the first scene is 9,000 mm, beyond
+    the 8,191 mm that a plain /8 reading of the stored values gets right."""
+    from seglab.data.sunrgbd import encode_sunrgbd_depth
+
+    metas, splits, raw_labels, depths = [], {"train": [], "test": []}, [], {}
+    for i, (scene, (split, (h, w), values)) in enumerate(SUN_SCENES.items()):
+        folder = root / "SUNRGBD" / scene
+        rgbname, depthname = f"{i:07d}.jpg", f"{i:07d}.png"
+        write_image(folder / "image" / rgbname, i, size=(h, w))
+        mm = np.full((h, w), 1500 + 1000 * i, np.uint16)
+        if i == 0:
+            mm[1] = 9000
+        (folder / "depth_bfx").mkdir()
+        Image.fromarray(encode_sunrgbd_depth(mm)).save(folder / "depth_bfx" / depthname)
+        depths[scene] = mm
+        raw = np.zeros((h, w), np.uint16)
+        raw[0, : len(values)] = values
+        raw_labels.append(raw)
+        if labels == "npy":
+            (folder / "label").mkdir()
+            np.save(folder / "label" / "label.npy", raw)
+        toolbox_path = f"/n/fs/sun3d/data/SUNRGBD/{scene}"
+        metas.append((f"{toolbox_path}/image/{rgbname}", rgbname, depthname))
+        splits[split].append(toolbox_path + ("/" if split == "test" else ""))
+    meta = np.array(metas, dtype=[("rgbpath", "O"), ("rgbname", "O"), ("depthname", "O")])
+    (root / "SUNRGBDtoolbox" / "Metadata").mkdir(parents=True)
+    (root / "SUNRGBDtoolbox" / "traintestSUNRGBD").mkdir()
+    scipy.io.savemat(root / "SUNRGBDtoolbox" / "Metadata" / "SUNRGBDMeta.mat",
+                     {"SUNRGBDMeta": meta[None]})  # fmt: skip
+    scipy.io.savemat(
+        root / "SUNRGBDtoolbox" / "traintestSUNRGBD" / "allsplit.mat",
+        {f"all{s}": np.array(paths, dtype=object)[None] for s, paths in splits.items()},
+    )
+    if labels == "seg2d":  # a v7.3 struct array: a field of references to (W, H) arrays
+        import h5py
+
+        with h5py.File(root / "SUNRGBDtoolbox" / "Metadata" / "SUNRGBD2Dseg.mat", "w") as f:
+            refs = [f.create_dataset(f"#refs#/{i}", data=raw.T).ref
+                    for i, raw in enumerate(raw_labels)]  # fmt: skip
+            f.create_dataset("SUNRGBD2Dseg/seglabel", data=np.array(refs)[:, None],
+                             dtype=h5py.ref_dtype)  # fmt: skip
+    return depths
