@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet
 from torchvision.models.detection import mask_rcnn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.models.detection.faster_rcnn import (
     FastRCNNConvFCHead,
@@ -67,6 +68,27 @@ def _check_options(version: str, backbone: str, pretrained: str | None, num_clas
         )
 
 
+def _anchor_generator(sizes, aspect_ratios) -> AnchorGenerator:
+    """One anchor size per FPN level (P2..P6), every level with the same aspect ratios."""
+    sizes = tuple(int(size) for size in sizes)
+    if len(sizes) != 5:
+        raise SeglabError(
+            f"maskrcnn anchor_sizes {list(sizes)}: give 5 sizes, one per FPN level P2..P6"
+        )
+    ratios = tuple(float(ratio) for ratio in aspect_ratios)
+    return AnchorGenerator(tuple((size,) for size in sizes), (ratios,) * len(sizes))
+
+
+def _proposal_counts(pre_nms, post_nms) -> dict[str, int]:
+    """torchvision's four RPN keyword arguments from [train, test] pairs."""
+    counts = {}
+    for name, pair in (("pre", pre_nms), ("post", post_nms)):
+        if len(pair) != 2:
+            raise SeglabError(f"maskrcnn rpn_{name}_nms_top_n {pair}: give [train, test]")
+        counts[f"rpn_{name}_nms_top_n_train"], counts[f"rpn_{name}_nms_top_n_test"] = map(int, pair)
+    return counts
+
+
 @register_model(
     "maskrcnn",
     "Mask R-CNN, ResNet-50-FPN (He et al. 2017; torchvision maskrcnn_resnet50_fpn)",
@@ -90,6 +112,12 @@ class MaskRCNN(SegmentationModel):
     min_size, max_size: the resize inside the model (the paper's 800 / 1333).
     box_batch_size_per_image: sampled RoIs per image for the box and mask heads (paper 512).
     box_detections_per_img: at most this many detections per image (COCO's 100).
+    anchor_sizes: one anchor side in pixels per pyramid level P2..P6 (torchvision's 32..512,
+        for COCO's objects at 800 px); aspect_ratios: height/width of each level's anchors.
+    rpn_batch_size_per_image: anchors sampled per image for the RPN loss (paper 256).
+    rpn_pre_nms_top_n, rpn_post_nms_top_n: proposals kept per level before NMS and per image
+        after it, [train, test] (torchvision's [2000, 1000] both; a scene of a few objects
+        needs far fewer, and every test proposal costs a box-head pass).
     """
 
     task: ClassVar[str] = "instance"
@@ -108,6 +136,11 @@ class MaskRCNN(SegmentationModel):
         max_size: int = 1333,
         box_batch_size_per_image: int = 512,
         box_detections_per_img: int = 100,
+        anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512),
+        aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0),
+        rpn_batch_size_per_image: int = 256,
+        rpn_pre_nms_top_n: tuple[int, int] = (2000, 1000),
+        rpn_post_nms_top_n: tuple[int, int] = (2000, 1000),
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -119,7 +152,10 @@ class MaskRCNN(SegmentationModel):
             "max_size": max_size,
             "box_batch_size_per_image": box_batch_size_per_image,
             "box_detections_per_img": box_detections_per_img,
+            "rpn_batch_size_per_image": rpn_batch_size_per_image,
+            **_proposal_counts(rpn_pre_nms_top_n, rpn_post_nms_top_n),
         }
+        anchors = _anchor_generator(anchor_sizes, aspect_ratios)
         # torchvision's MaskRCNN as maskrcnn_resnet50_fpn(_v2) builds it, on any ResNet.
         _check_options(version, backbone, pretrained, num_classes)
         is_trained = pretrained is not None
@@ -145,9 +181,10 @@ class MaskRCNN(SegmentationModel):
             kwargs["box_predictor"] = FastRCNNPredictor(1024, num_classes)  # torchvision's own
         classes = None if "box_predictor" in kwargs else num_classes  # torchvision wants one
         if version == "v1":
-            net = mask_rcnn.MaskRCNN(fpn, num_classes=classes, **kwargs)
+            net = mask_rcnn.MaskRCNN(
+                fpn, num_classes=classes, rpn_anchor_generator=anchors, **kwargs
+            )
         else:
-            anchors = mask_rcnn._default_anchorgen()
             channels = fpn.out_channels
             kwargs.setdefault(
                 "mask_head",
