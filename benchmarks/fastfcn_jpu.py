@@ -11,21 +11,26 @@ latency with one harness for all: batch 1, eval, no_grad, warm-up forwards, then
 rounds timing every model once each in alternating order (so load from other processes hits
 all alike), synchronising on CUDA. Reported: the median per model and the median of the
 per-round dilated / JPU ratios (the paper's "3 times faster" is a ratio of this kind; its FPS
-protocol, test_fps_params.py, is batch 1 at 3x512x512). Prints a Markdown table; writes nothing.
+protocol, test_fps_params.py, is batch 1 at 3x512x512). Prints a Markdown table and writes it as
+the "FastFCN: JPU vs dilated backbone" section of benchmarks/RESULTS.md (--no-write: print only).
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import shlex
 import statistics
+import sys
 import time
 
 import torch
+from results_file import write_section  # benchmarks/, the script's folder, is on sys.path
 
 from seglab.benchmark import count_flops
 from seglab.models import create_model
 
+HEADING = "## FastFCN: JPU vs dilated backbone"
 NUM_CLASSES = 59  # PASCAL-Context, as in the FastFCN README
 
 
@@ -85,10 +90,17 @@ def run(args: argparse.Namespace) -> list[dict]:
 def format_table(rows: list[dict], args: argparse.Namespace) -> str:
     cuda = args.device.startswith("cuda")
     device = torch.cuda.get_device_name() if cuda else platform.processor()
+    command = shlex.join(["python", "benchmarks/fastfcn_jpu.py", *sys.argv[1:]])
     lines = [
-        f"FastFCN JPU vs dilated backbone, {args.encoder}, {args.size}x{args.size}, batch 1, "
+        HEADING,
+        "",
+        f"FastFCN JPU vs dilated backbone, {args.encoder}, {NUM_CLASSES} classes, "
+        f"{args.size}x{args.size}, batch 1, random weights, eval, no_grad, "
         f"{args.device} ({device or platform.machine()}), {args.threads} threads, "
-        f"{args.repeats} rounds, torch {torch.__version__}",
+        f"{args.warmup} warm-up and {args.repeats} timed rounds, every model once per round "
+        f"in alternating order; ms = median per model, speed-up = median of the per-round "
+        f"ratios; GFLOPs = seglab.benchmark.count_flops (2 per multiply-accumulate); "
+        f"torch {torch.__version__}. Command: `{command}`",
         "",
         "| head | JPU OS32 ms | dilated OS8 ms | speed-up (dilated / JPU) | JPU GFLOPs | "
         "dilated GFLOPs |",
@@ -111,8 +123,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--encoder", default="resnet50s")
     parser.add_argument("--heads", nargs="+", default=["encnet", "psp", "aspp"])
+    parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
-    print(format_table(run(args), args))
+    table = format_table(run(args), args)
+    print(table)
+    if not args.no_write:
+        write_section(HEADING, table)
 
 
 if __name__ == "__main__":
