@@ -22,6 +22,7 @@ from release_trees import (
     nyu_tree,
     pcontext_tree,
     sbd_tree,
+    sunrgbd_tree,
     voc_tree,
 )
 
@@ -56,6 +57,7 @@ RELEASE_TREES = {
     "ade20k": lambda data: ade_tree(data / "ade20k"),
     "pcontext": lambda data: pcontext_tree(data / "pcontext"),
     "nyudv2": lambda data: nyu_tree(data / "nyudv2"),
+    "sunrgbd": lambda data: sunrgbd_tree(data / "sunrgbd"),
     "coco": lambda data: coco_tree(data / "coco"),
 }
 

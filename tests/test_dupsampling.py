@@ -150,3 +150,23 @@ def test_one_hot_patches_ignore_is_zero():
     v = one_hot_patches(torch.tensor([[0, 255, 1, 1]]), 2)
     assert v.tolist() == [[1, 0, 0, 0, 0, 0, 1, 1]]
     assert F.pixel_unshuffle(torch.zeros(1, 2, 4, 4), 2).shape == (1, 8, 2, 2)
+
+
+def test_the_bilinear_baseline_is_the_same_network_with_a_class_conv_and_bilinear_upsampling():
+    options = {"encoder": "resnet18", "output_stride": 8, "decoder_channels": 32, "features": 16}
+    torch.manual_seed(0)
+    dup = create_model("dupsampling", 5, 3, **options)
+    torch.manual_seed(0)
+    bilinear = create_model("dupsampling", 5, 3, upsampling="bilinear", **options)
+    # Only the last 1x1 conv differs: 32 -> C' = 16 (+ bias) and T, against 32 -> K = 5 (+ bias).
+    assert count_parameters(dup) - count_parameters(bilinear) == (32 * 16 + 16 + 1) - (32 * 5 + 5)
+    assert bilinear.dupsample is None and bilinear.fit_from_data(None) is None
+    bilinear.eval()
+    x = torch.randn(2, 3, 30, 44)  # not a multiple of 8: padded, then cropped
+    with torch.no_grad():
+        out = bilinear(x)
+        assert out.shape == (2, 5, 30, 44)
+        # A constant class map upsamples to itself: zero the class conv but its biases.
+        bilinear.compress.weight.zero_()
+        bilinear.compress.bias.copy_(torch.arange(5.0))
+        assert torch.equal(bilinear(x), torch.arange(5.0)[None, :, None, None].expand(2, 5, 30, 44))

@@ -146,6 +146,9 @@ class DUpsamplingNet(SegmentationModel):
     W must be fitted before training: `fit_from_data(train_set, val_set)` (the trainer calls
     it at a fresh start) fits it on the training masks and reports its reconstruction mIoU.
 
+    upsampling="bilinear" builds the paper's baseline on the same encoder and decoder: the
+    1x1 conv goes to num_classes and the logits are upsampled bilinearly by r (no W, no T).
+
     Where seglab differs: W by PCA instead of SGD; ignored pixels are zero vectors (the port
     maps them to class 0); the input is padded to a multiple of r and the output cropped.
     """
@@ -161,8 +164,11 @@ class DUpsamplingNet(SegmentationModel):
         low_level_channels: int = 48,
         dropout: Sequence[float] = (0.5, 0.1),
         pretrained: bool | str | os.PathLike = False,
+        upsampling: str = "dupsampling",
     ) -> None:
         super().__init__()
+        if upsampling not in ("dupsampling", "bilinear"):
+            raise ValueError(f"upsampling must be 'dupsampling' or 'bilinear', not {upsampling!r}")
         self.encoder = build_encoder(encoder, in_channels, output_stride, pretrained=pretrained)
         channels, strides = self.encoder.channels, self.encoder.strides
         self.low_level_indices = [strides.index(4), strides.index(8)]
@@ -175,15 +181,19 @@ class DUpsamplingNet(SegmentationModel):
             ConvBNAct(decoder_channels, decoder_channels, 3),
             nn.Dropout(dropout[1]),
         )
-        self.compress = nn.Conv2d(decoder_channels, features, 1)
         self.ratio = output_stride
+        if upsampling == "bilinear":
+            self.compress = nn.Conv2d(decoder_channels, num_classes, 1)
+            self.dupsample = None
+            return
+        self.compress = nn.Conv2d(decoder_channels, features, 1)
         self.dupsample = DUpsampling(features, output_stride, num_classes)
         self.temperature = nn.Parameter(torch.ones(()))
 
     def fit_from_data(self, train_set, val_set=None) -> str | None:
         """Fit W on train_set's masks unless it already holds fitted values (loaded weights);
         returns a one-line report with the reconstruction mIoU on val_set, or None."""
-        if bool(self.dupsample.fitted):
+        if self.dupsample is None or bool(self.dupsample.fitted):
             return None
         d = self.dupsample
         basis = fit_dupsampling_matrix(train_set, d.ratio, d.num_classes, d.basis.shape[1])
@@ -207,5 +217,7 @@ class DUpsamplingNet(SegmentationModel):
         last = maps[-1]
         low = [resize_to(maps[i], last.shape[-2:]) for i in self.low_level_indices]
         fused = self.fuse(torch.cat([last, self.low_level_project(torch.cat(low, 1))], 1))
+        if self.dupsample is None:  # the bilinear baseline
+            return resize_to(self.compress(fused), x.shape[-2:])[..., :h, :w]
         logits = self.dupsample(self.compress(fused)) / self.temperature
         return logits[..., :h, :w]
