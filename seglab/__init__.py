@@ -1,16 +1,12 @@
 """seglab: classic semantic segmentation models, done faithfully."""
 
-import os
-
 __version__ = "0.1.0"
 
-# PyTorch's OpenMP threads (libgomp) spin-wait ~300000 iterations at every barrier by default;
-# beside any other busy process that turns the 2 threads against each other (the demo's training
-# fell from 84 to 26 images/s next to one busy loop). PASSIVE makes idle threads sleep. libgomp
-# reads this when torch is loaded, so it is set here, before seglab imports torch; a value the
-# user set wins, and SEGLAB_OMP_DEFAULTS=0 leaves the environment alone (README: Speed).
-if os.environ.get("SEGLAB_OMP_DEFAULTS", "1") != "0":
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The OpenMP wait policy stays torch's (libgomp spins ~300000 iterations at each barrier): on
+# a busy machine that spin makes 2 threads slower than 1, but OMP_WAIT_POLICY=PASSIVE (set here
+# before) cost the idle demo step 25-30 % (engine/threads.py has the measurements). The
+# training loop picks 1 or all threads by measured step time instead; SEGLAB_OMP_DEFAULTS=0
+# turns that off (README: Speed).
 
 __all__ = [
     "Segmenter",

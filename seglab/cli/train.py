@@ -41,6 +41,7 @@ def run_demo(args: argparse.Namespace) -> None:
     if not (data / "classes.txt").is_file():
         print(f"generating the shapes dataset in {data} ...")
         write_shapes_dataset(data, args.train_images, args.val_images, args.size, progress=progress)
+    generated = time.perf_counter()
     run_dir = Path(cfg.run_dir)
     if run_dir.exists():  # the demo always starts fresh; only a previous demo run is replaced
         if not (run_dir / "config.yaml").is_file():
@@ -50,16 +51,18 @@ def run_demo(args: argparse.Namespace) -> None:
     train(cfg, progress=progress)
     trained = time.perf_counter()
     metrics, report = evaluate_checkpoint(run_dir, progress=progress)
+    evaluated = time.perf_counter()
     val_images = [
         data / "images" / f"{name.strip()}.png"
         for name in (data / "val.txt").read_text().split()[:16]
     ]
     predict_files(run_dir, val_images, run_dir / "predictions", progress=progress)
-    total = time.perf_counter() - start
+    done = time.perf_counter()
     print(
         f"\nvalidation mIoU {100 * metrics['mean_iou']:.2f} "
-        f"(pixel accuracy {100 * metrics['pixel_accuracy']:.2f}); "
-        f"trained in {trained - start:.0f} s, {total:.0f} s in all"
+        f"(pixel accuracy {100 * metrics['pixel_accuracy']:.2f}); {done - start:.0f} s in all: "
+        f"data {generated - start:.0f} s, training {trained - generated:.0f} s, "
+        f"evaluation and report {evaluated - trained:.0f} s, predictions {done - evaluated:.0f} s"
     )
     print(f"report:      {report}")
     print(f"weights:     {run_dir / 'best.safetensors'}")

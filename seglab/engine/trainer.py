@@ -56,6 +56,7 @@ from seglab.engine.run_setup import (
     memory_format,
     next_batch,
 )
+from seglab.engine.threads import AdaptiveThreads, adaptive_threads_enabled
 from seglab.errors import SeglabError
 from seglab.losses_unet import border_weights_from_labels
 from seglab.models import SegmentationModel
@@ -274,9 +275,13 @@ def _train(
         dynamic_ncols=True,
     )
     trainer.set_training_mode()
+    # 1 or all CPU threads, whichever steps faster now (engine/threads.py: busy machines)
+    threads = AdaptiveThreads(enabled=adaptive_threads_enabled(device))
     tic, steps_timed = time.perf_counter(), 0
     while step < cfg.train.iters:
+        started = time.perf_counter()
         loss = trainer.run_step(batches, step + 1)
+        threads.record(time.perf_counter() - started)
         step, steps_timed = step + 1, steps_timed + 1
 
         if step % cfg.train.log_every == 0 or step == cfg.train.iters:

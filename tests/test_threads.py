@@ -1,0 +1,71 @@
+"""The training loop's thread choice (seglab/engine/threads.py) on made-up step times.
+
+The step times are a function of the thread count the code has set, as on the machine: idle, 2
+threads take 1.0 s and 1 thread 1.35 s (the demo's step); beside a busy process 2 threads take
+3.2 s and 1 thread 1.9 s (the ratios measured on the project's 2-core machine).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seglab.engine.threads import AdaptiveThreads, adaptive_threads_enabled
+
+IDLE = {2: 1.0, 1: 1.35}
+BUSY = {2: 3.2, 1: 1.9}
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def _run(chooser: AdaptiveThreads, loads: list[dict[int, float]]) -> list[int]:
+    """Feed one step per entry of `loads`; returns the thread count each step ran with."""
+    used = []
+    for load in loads:
+        threads = torch.get_num_threads()
+        used.append(threads)
+        chooser.record(load[threads])
+    return used
+
+
+def test_idle_keeps_all_threads_and_probes_one_thread_rarely():
+    used = _run(AdaptiveThreads(most=2), [IDLE] * 1000)
+    # 4 probe steps at 1 thread (one warms up) after the first 5 steps, then after every 100
+    # at 2 threads: probes at 5, 109, 213, ..., 941
+    one = used.count(1)
+    assert used[-1] == 2 and used[5:9] == [1] * 4 and one == 4 * 10
+    # what that costs: (one * 1.35 + (1000 - one) * 1.0) / 1000 - 1 = one * 0.35 / 1000 = 1.4 %
+    assert one * (IDLE[1] - IDLE[2]) / 1000 < 0.015
+
+
+def test_a_busy_process_switches_to_one_thread_within_a_dozen_steps():
+    used = _run(AdaptiveThreads(most=2), [IDLE] * 50 + [BUSY] * 200)
+    busy = used[50:]
+    # the 5-step window sees the slow-down after 3 busy steps, then 4 probe steps: step 7 on
+    assert busy[:3] == [2, 2, 2] and set(busy[8:20]) == {1}
+    assert busy.count(2) <= 8 + 4 * 2  # later probes of 2 threads: every 100 steps, 4 each
+
+
+def test_the_load_going_away_brings_all_threads_back():
+    used = _run(AdaptiveThreads(most=2), [BUSY] * 100 + [IDLE] * 100)
+    assert set(used[9:100]) == {1}  # busy from the start: the first probe (steps 6-9) switches
+    assert set(used[115:]) == {2}  # the 1.35 s vs 1.9 s speed-up triggers a probe at once
+
+
+def test_one_thread_or_off_never_changes_the_count():
+    torch.set_num_threads(2)
+    assert _run(AdaptiveThreads(enabled=False), [IDLE] * 20 + [BUSY] * 50) == [2] * 70
+    assert _run(AdaptiveThreads(most=1), [BUSY] * 20 + [IDLE] * 50) == [1] * 70
+
+
+def test_only_on_the_cpu_and_not_with_seglab_omp_defaults_0(monkeypatch):
+    monkeypatch.delenv("SEGLAB_OMP_DEFAULTS", raising=False)
+    assert adaptive_threads_enabled(torch.device("cpu"))
+    assert not adaptive_threads_enabled(torch.device("cuda"))
+    monkeypatch.setenv("SEGLAB_OMP_DEFAULTS", "0")
+    assert not adaptive_threads_enabled(torch.device("cpu"))
