@@ -62,7 +62,7 @@ def test_bad_files_are_one_line_errors_naming_them(tmp_path):
     with pytest.raises(SeglabError, match=r"0000001\.png: depth must be a 16-bit one-channel"):
         build_dataset("sunrgbd", tmp_path, "train")
     depth.unlink()
-    with pytest.raises(SeglabError, match=r"depth_bfx/0000001\.png is missing"):
+    with pytest.raises(SeglabError, match=r"depth_bfx/0000001\.png: depth file missing"):
         build_dataset("sunrgbd", tmp_path, "train")
     with pytest.raises(SeglabError, match="SUNRGBD is missing"):
         build_dataset("sunrgbd", tmp_path / "elsewhere", "train")

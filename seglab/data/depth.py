@@ -60,18 +60,24 @@ def write_depth_description(root: Path, metres_per_unit: float) -> None:
     (Path(root) / DEPTH_FILE).write_text(f"metres_per_unit {metres_per_unit:g}\n")
 
 
-def read_depth(path: Path, metres_per_unit: float) -> np.ndarray:
-    """(H, W) float32 metres from a 16-bit (or 8-bit) grayscale PNG; 0 stays 0 (no depth)."""
+def read_depth_png(path: Path, missing_hint: str = "every image needs one in depth/") -> np.ndarray:
+    """(H, W) stored values of a one-channel depth PNG; a missing or unreadable file, or one
+    with colour channels, is one line naming it."""
     try:
         with Image.open(path) as image:
             values = np.asarray(image)
     except FileNotFoundError:
-        raise SeglabError(f"{path}: depth file missing; every image needs one in depth/") from None
+        raise SeglabError(f"{path}: depth file missing; {missing_hint}") from None
     except OSError as error:
         raise SeglabError(f"{path}: cannot read the depth PNG ({error})") from None
     if values.ndim != 2:
         raise SeglabError(f"{path}: depth must be one-channel (16-bit grayscale PNG)")
-    return values.astype(np.float32) * np.float32(metres_per_unit)
+    return values
+
+
+def read_depth(path: Path, metres_per_unit: float) -> np.ndarray:
+    """(H, W) float32 metres from a 16-bit (or 8-bit) grayscale PNG; 0 stays 0 (no depth)."""
+    return read_depth_png(path).astype(np.float32) * np.float32(metres_per_unit)
 
 
 def write_depth(depth: np.ndarray, path: Path, metres_per_unit: float = 0.001) -> None:

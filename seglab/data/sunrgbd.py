@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from seglab.data.depth import write_depth_description
+from seglab.data.depth import read_depth_png, write_depth_description
 from seglab.data.folder import FolderDataset, write_classes_file, write_mask
 from seglab.data.labels import IGNORE_INDEX, default_palette
 from seglab.data.registry import register_dataset
@@ -178,14 +178,8 @@ def _read_label(scene: Path, index: int, seg2d: _Seg2D, size: tuple[int, int]) -
 
 
 def _read_depth_png(path: Path, size: tuple[int, int]) -> np.ndarray:
-    try:
-        with Image.open(path) as image:
-            stored = np.asarray(image)
-    except FileNotFoundError:
-        raise SeglabError(f"{path} is missing: every SUN RGB-D scene needs {DEPTH_DIR}/") from None
-    except OSError as error:
-        raise SeglabError(f"{path}: cannot read the depth PNG ({error})") from None
-    if stored.ndim != 2 or stored.dtype != np.uint16:
+    stored = read_depth_png(path, f"every SUN RGB-D scene needs {DEPTH_DIR}/")
+    if stored.dtype != np.uint16:
         raise SeglabError(f"{path}: depth must be a 16-bit one-channel PNG, got {stored.dtype}")
     if stored.shape != (size[1], size[0]):
         raise SeglabError(
