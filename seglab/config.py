@@ -59,6 +59,10 @@ class DataConfig:
     image_suffix: str | None = None  # None: any of .png .jpg .jpeg .bmp .tif .tiff
     mask_suffix: str = ".png"
     val_fraction: float | None = None  # e.g. 0.2: a fixed 20% of the images is `val`
+    # train on weak labels instead of masks/ (folder layout; val keeps its masks): scribbles |
+    # points | boxes, read from ROOT/KIND/ (seglab/data/weak_training.py)
+    weak: str | None = None
+    box_inner: float = 0.2  # boxes: the central fraction of each box's area given its class
 
 
 @dataclass

@@ -138,11 +138,13 @@ class SegmentationLoss(torch.nn.Module):
         target: torch.Tensor,
         pixel_weights: torch.Tensor | None = None,
         images: torch.Tensor | None = None,
+        valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """pixel_weights: optional (B, H, W) per-pixel weights (U-Net's border weights);
-        images: the (B, C, H, W) model input, for the Gated CRF loss."""
+        images: the (B, C, H, W) model input, for the Gated CRF loss; valid: (B, H, W) bool,
+        False where a crop padded the image (left out of the Gated CRF loss)."""
         main = outputs if isinstance(outputs, torch.Tensor) else outputs["out"]
-        crf = 0.0 if self.gated_crf is None else self.gated_crf_term(main, images)
+        crf = 0.0 if self.gated_crf is None else self.gated_crf_term(main, images, valid)
         if isinstance(outputs, torch.Tensor):
             return self.pixel_loss(outputs, target, pixel_weights) + crf
         loss = self.pixel_loss(outputs["out"], target, pixel_weights) + crf
@@ -165,13 +167,17 @@ class SegmentationLoss(torch.nn.Module):
         present = se_logits.new_zeros(b, k + 1).scatter_(1, labels, 1.0)[:, :k]
         return F.binary_cross_entropy_with_logits(se_logits.float(), present.float())
 
-    def gated_crf_term(self, logits: torch.Tensor, images: torch.Tensor | None) -> torch.Tensor:
-        """weight * Gated CRF loss of softmax(logits), area-downscaled as configured."""
+    def gated_crf_term(
+        self, logits: torch.Tensor, images: torch.Tensor | None, valid: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """weight * Gated CRF loss of softmax(logits), area-downscaled as configured; padded
+        pixels (valid False) are neither source nor destination of a pair."""
         if images is None:
             raise ValueError("loss.gated_crf needs the input images: criterion(..., images=)")
         options = self.gated_crf
         h, w = logits.shape[-2:]
         size = (max(1, h // options["downscale"]), max(1, w // options["downscale"]))
         probs = F.adaptive_avg_pool2d(logits.float().softmax(1), size)
-        crf = gated_crf_loss(probs, images, options["kernels"], options["radius"])
+        mask = None if valid is None else valid[:, None].float()
+        crf = gated_crf_loss(probs, images, options["kernels"], options["radius"], mask, mask)
         return options["weight"] * crf

@@ -121,7 +121,7 @@ def gated_crf_kernel(
     return total
 
 
-def _gate(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def valid_gate(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(N, 1, H, W) float validity at the loss resolution: 1 only where fully valid."""
     mask = F.adaptive_avg_pool2d(mask.float(), size)
     return torch.where(mask >= 1.0, 1.0, 0.0)  # also NaN -> 0
@@ -143,11 +143,11 @@ def gated_crf_loss(
     kernel = kernel * inside
     denom = torch.tensor(float(n * h * w), device=probs.device)
     if mask_src is not None:
-        source = _gate(mask_src, (h, w))
+        source = valid_gate(mask_src, (h, w))
         denom = source.sum().clamp(min=1)
         kernel = kernel * _windows(source, radius)
     if mask_dst is not None:
-        destination = _gate(mask_dst, (h, w))
+        destination = valid_gate(mask_dst, (h, w))
         denom = destination.sum().clamp(min=1)
         kernel = kernel * destination[:, :, None]
     neighbours = (kernel * _windows(probs.float(), radius)).sum(2)  # sum_j K_ij p_j

@@ -44,7 +44,8 @@ def run_eval(args: argparse.Namespace) -> None:
     print(
         f"mIoU {100 * metrics['mean_iou']:.2f}  pixel acc {100 * metrics['pixel_accuracy']:.2f}"
         f"  mean acc {100 * metrics['mean_accuracy']:.2f}  FWIoU {100 * metrics['fw_iou']:.2f}"
-        f"  Dice {100 * metrics['mean_dice']:.2f}"
+        f"  Dice {100 * metrics['mean_dice']:.2f}  boundary F {100 * metrics['boundary_f']:.2f}"
+        f" ({metrics['boundary_tolerance_px']:g} px)"
     )
     if "crf" in metrics:
         print(f"with CRF ({args.crf}): mIoU {100 * metrics['crf']['mean_iou']:.2f}")

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from seglab.boundary_metrics import DEFAULT_TOLERANCE, BoundaryFScore
 from seglab.config import InferenceConfig
 from seglab.data.folder import check_dataset
 from seglab.device import resolve_device
@@ -47,6 +48,7 @@ def evaluate_checkpoint(
     data_format: str | None = None,
     variant: str = "auto",
     backend: str = "torch",
+    boundary_tolerance: float = DEFAULT_TOLERANCE,
 ) -> tuple[dict, Path]:
     """Evaluate weights (a run directory or NAME.safetensors) and write the report.
 
@@ -57,7 +59,9 @@ def evaluate_checkpoint(
     the weights; it shows the num_overlays images of lowest mIoU, worst first (with the CRF's
     labels too where it ran), and the run's curves.png when there is one. variant, backend: how
     the model runs (seglab/fast_inference.py); the one chosen is in the report's protocol and in
-    metrics["inference_variant"]. Returns (metrics, report.md path; report.html beside it).
+    metrics["inference_variant"]. The boundary F-score (seglab/boundary_metrics.py) within
+    boundary_tolerance pixels is metrics["boundary_f"] (tolerance: "boundary_tolerance_px").
+    Returns (metrics, report.md path; report.html beside it).
     """
     weights, config = resolve_run(checkpoint)
     if read_weights_meta(weights).get("task") == "instance":  # Mask R-CNN: COCO mask/box AP
@@ -77,8 +81,10 @@ def evaluate_checkpoint(
     worst = WorstImages(num_overlays)
     crf_confusion = ConfusionMatrix(dataset.num_classes, device) if crf else None
     k = dataset.num_classes
+    boundary = BoundaryFScore(k, boundary_tolerance)
 
     def on_batch(indices, images, masks, probs):
+        boundary.update(probs.argmax(1), masks)
         predictions = probs.argmax(1).cpu().numpy().astype(np.uint8)
         refined = None
         if crf_confusion is not None:
@@ -106,6 +112,8 @@ def evaluate_checkpoint(
     with torch.inference_mode():
         confusion = evaluate(runner, dataset, device, inference, progress, on_batch=on_batch)
     metrics = confusion.compute()
+    metrics["boundary_f"] = boundary.compute()
+    metrics["boundary_tolerance_px"] = boundary_tolerance
     protocol = {
         "checkpoint": str(weights),
         "model": f"{meta['name']} {meta.get('options', {})}",

@@ -110,6 +110,11 @@ def markdown_report(
         ("mean_dice", "mean Dice"),
     ):
         lines.append(f"| {label} | {_fmt(metrics[key])} |")
+    if "boundary_f" in metrics:  # seglab/boundary_metrics.py
+        lines.append(
+            f"| boundary F (tolerance {metrics['boundary_tolerance_px']:g} px) | "
+            f"{_fmt(metrics['boundary_f'])} |"
+        )
     if "crf" in metrics:
         lines.append(
             f"| mean IoU with CRF ({metrics['crf']['preset']}) | "

@@ -120,6 +120,11 @@ def _summary_table(metrics: dict) -> str:
         f"{percent(metrics.get(key))}</td></tr>"
         for key, label in SUMMARY
     ]
+    if "boundary_f" in metrics:  # seglab/boundary_metrics.py
+        rows.append(
+            f'<tr><td class="name">boundary F (tolerance {metrics["boundary_tolerance_px"]:g} '
+            f'px)</td><td data-metric="boundary_f">{percent(metrics["boundary_f"])}</td></tr>'
+        )
     if "crf" in metrics:
         crf = metrics["crf"]
         rows.append(

@@ -96,12 +96,16 @@ def evaluate_semantic(cfg, world, device, model, val_set) -> dict:
     """The scores of an evaluation during training (each rank a shard of val):
     metrics.compute()'s scalars, `loss` (the validation loss: mean cross-entropy of the
     evaluated class probabilities over the labelled pixels; the inference settings of
-    cfg.inference apply) and `class_iou` {class name: IoU, None where undefined}."""
+    cfg.inference apply), `boundary_f` (seglab/boundary_metrics.py, 2 px; None without any
+    border) and `class_iou` {class name: IoU, None where undefined}."""
+    from seglab.boundary_metrics import BoundaryFScore
     from seglab.engine.evaluate import evaluate
 
     nll = torch.zeros(2, dtype=torch.float64, device=device)  # sum of -log p, labelled pixels
+    boundary = BoundaryFScore(val_set.num_classes)  # its default tolerance, 2 px
 
     def add_loss(indices, images, masks, probs) -> None:
+        boundary.update(probs.argmax(1), masks)
         labelled = masks != IGNORE_INDEX
         target = torch.where(labelled, masks, torch.zeros_like(masks)).long()
         picked = probs.gather(1, target[:, None])[:, 0].clamp_min(1e-12)
@@ -114,8 +118,11 @@ def evaluate_semantic(cfg, world, device, model, val_set) -> dict:
     )
     if world.distributed:
         torch.distributed.all_reduce(nll)
+        boundary.all_reduce()
     scores = confusion.compute()
     summary = {k: v for k, v in scores.items() if not isinstance(v, (list, dict))}
+    bf = boundary.compute()
+    summary["boundary_f"] = None if math.isnan(bf) else bf
     summary["loss"] = (nll[0] / nll[1]).item() if nll[1] > 0 else None
     summary["class_iou"] = {
         name: None if math.isnan(iou) else iou

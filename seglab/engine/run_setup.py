@@ -50,7 +50,12 @@ def build_datasets(
     set_max_image_pixels(d.max_image_pixels)  # the decompression-bomb limit (data/images.py)
     augment, plain = _transforms(d)
     layout = data_layout(d)  # data.image_dir, mask_suffix, val_fraction, ... (folder only)
-    train_set = build_dataset(d.format, d.root, d.train_split, augment, d.cache, layout)
+    if d.weak:  # scribbles, points or boxes as the train split's labels
+        from seglab.data.weak_training import weak_train_set
+
+        train_set = weak_train_set(d, augment, layout)
+    else:
+        train_set = build_dataset(d.format, d.root, d.train_split, augment, d.cache, layout)
     val_set = build_dataset(d.format, d.root, d.val_split, plain, d.cache, layout)
     if check:
         check_dataset(train_set, progress=progress)

@@ -22,8 +22,15 @@ In seglab this is the trainer's criterion: `distill:` in the config wraps the ta
 criterion, frozen and in eval mode, so it is never in the student's weights or checkpoints.
 The critic steps at the start of the next call, on the previous step's logits (the official
 order: G step, then D step on the same predictions), so the student's graph never sees D change.
-Not kept across --resume: the critic's state (it restarts). Deviation: the critic's size is
-scaled by `d_channels` (64 in [SKD]) and BN preprocessing of its input is left out.
+The critic, its optimizer and those pending logits are the trainer's `critic` entry of last.pt
+(critic_state), so --resume continues exactly; the teacher is in neither file. Each step's
+terms go to metrics.jsonl as distill_task, distill_pixel, distill_pair, distill_holistic
+(unweighted) and distill_critic (the critic's weighted loss, from the step before).
+Padded pixels of a training crop (`valid`, seglab/data/weak_training.py) take no part: the
+pixel term sums the fully valid logit pixels over their number per image, the pair term leaves
+out nodes without a valid feature pixel, and the critic sees both logit maps zeroed there.
+With every pixel valid each term is [SKD]'s. Deviation: the critic's size is scaled by
+`d_channels` (64 in [SKD]) and BN preprocessing of its input is left out.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from torch import nn
 from torch.nn.utils import spectral_norm
 
 from seglab.errors import SeglabError
+from seglab.losses_weak import valid_gate
 
 DEFAULTS = {
     "teacher": None, "pixel": 10.0, "pair": 1.0, "holistic": 0.1, "temperature": 1.0,
@@ -42,11 +50,15 @@ DEFAULTS = {
 }  # fmt: skip
 
 
-def pixel_distillation(student: torch.Tensor, teacher: torch.Tensor, t: float = 1.0):
-    """(N, K, H, W) logits each -> sum(-softmax(T/t) * log_softmax(S/t)) / (H * W)."""
+def pixel_distillation(student: torch.Tensor, teacher: torch.Tensor, t: float = 1.0,
+                       gate: torch.Tensor | None = None):  # fmt: skip
+    """(N, K, H, W) logits each -> sum(-softmax(T/t) * log_softmax(S/t)) / (H * W); with an
+    (N, 1, H, W) 0/1 gate the sum runs over gated pixels, / (their number / N)."""
     h, w = student.shape[-2:]
-    soft = F.softmax(teacher / t, dim=1)
-    return -(soft * F.log_softmax(student / t, dim=1)).sum() / (h * w)
+    cross = -(F.softmax(teacher / t, dim=1) * F.log_softmax(student / t, dim=1))
+    if gate is None:
+        return cross.sum() / (h * w)
+    return (cross * gate).sum() / (gate.sum() / student.shape[0]).clamp(min=1)
 
 
 def pool_nodes(features: torch.Tensor, scale: float) -> torch.Tensor:
@@ -56,6 +68,15 @@ def pool_nodes(features: torch.Tensor, scale: float) -> torch.Tensor:
     return F.max_pool2d(features, kernel, kernel, ceil_mode=True)
 
 
+def _valid_nodes(features, valid, scale):
+    """Nodes of features whose valid (N, 1, H0, W0) pixels alone are pooled, 0 where a node
+    has none, and (N, h'w') which nodes have some."""
+    gate = valid_gate(valid, features.shape[-2:]) > 0
+    nodes = pool_nodes(features.masked_fill(~gate, float("-inf")), scale)
+    present = pool_nodes(gate.float(), scale) > 0
+    return nodes.masked_fill(~present, 0.0), present.flatten(1)
+
+
 def node_affinity(nodes: torch.Tensor) -> torch.Tensor:
     """(N, C, h, w) -> (N, hw, hw): cosine similarity of every pair of node features."""
     flat = nodes.flatten(2)
@@ -63,14 +84,26 @@ def node_affinity(nodes: torch.Tensor) -> torch.Tensor:
     return torch.einsum("nci,ncj->nij", flat, flat)
 
 
-def pair_distillation(student: torch.Tensor, teacher: torch.Tensor, scale: float = 0.5):
-    """sum_ij (a^T_ij - a^S_ij)^2 / (h'w')^2 / N over the pooled nodes (channels may differ)."""
-    s_nodes, t_nodes = pool_nodes(student, scale), pool_nodes(teacher, scale)
+def pair_distillation(student: torch.Tensor, teacher: torch.Tensor, scale: float = 0.5,
+                      valid: torch.Tensor | None = None):  # fmt: skip
+    """sum_ij (a^T_ij - a^S_ij)^2 / (h'w')^2 / N over the pooled nodes (channels may differ).
+    valid: (N, 1, H, W) 0/1 input pixels; then only nodes with valid pixels (each pooled over
+    those alone), the sum over their pairs / their number^2 per image."""
+    if valid is None:
+        s_nodes, t_nodes = pool_nodes(student, scale), pool_nodes(teacher, scale)
+        present = None
+    else:
+        s_nodes, present = _valid_nodes(student, valid, scale)
+        t_nodes, _ = _valid_nodes(teacher, valid, scale)
     if t_nodes.shape[-2:] != s_nodes.shape[-2:]:  # another output stride: the student's grid
         t_nodes = F.adaptive_max_pool2d(t_nodes, s_nodes.shape[-2:])
-    nodes = s_nodes.shape[-2] * s_nodes.shape[-1]
     error = (node_affinity(t_nodes) - node_affinity(s_nodes)) ** 2
-    return error.sum() / nodes**2 / student.shape[0]
+    if present is None:
+        nodes = s_nodes.shape[-2] * s_nodes.shape[-1]
+        return error.sum() / nodes**2 / student.shape[0]
+    pairs = (present[:, :, None] & present[:, None, :]).float()
+    per_image = (error * pairs).sum((1, 2)) / pairs.sum((1, 2)).clamp(min=1)
+    return per_image.sum() / student.shape[0]
 
 
 class SelfAttention(nn.Module):
@@ -196,30 +229,54 @@ class DistillationLoss(nn.Module):
             self.critic_optimizer.step()
         return loss.item()
 
-    def forward(self, outputs, target, pixel_weights=None, images=None) -> torch.Tensor:
+    def forward(self, outputs, target, pixel_weights=None, images=None, valid=None):
+        """valid: (N, H, W) bool, False where a crop padded the images (left out)."""
         if images is None:
             raise ValueError("DistillationLoss needs images= (the teacher's input)")
         holistic = self.o["holistic"]
         if holistic and self.pending is not None:
             self.terms["critic"] = self.critic_step(*self.pending)
-        loss = self.task_loss(outputs, target, pixel_weights, images=images)
+        extra = {} if valid is None else {"valid": valid}
+        loss = self.task_loss(outputs, target, pixel_weights, images=images, **extra)
+        self.terms["task"] = loss.item()
         student = outputs if isinstance(outputs, torch.Tensor) else outputs["out"]
         self.teacher.eval()
         with torch.no_grad():
             teacher = self.teacher(images)
         teacher = F.interpolate(teacher, student.shape[-2:], mode="bilinear", align_corners=False)
+        valid = None if valid is None else valid[:, None].float()
+        gate = None if valid is None else valid_gate(valid, student.shape[-2:])
         if self.o["pixel"]:
-            term = pixel_distillation(student, teacher, self.o["temperature"])
+            term = pixel_distillation(student, teacher, self.o["temperature"], gate)
             loss, self.terms["pixel"] = loss + self.o["pixel"] * term, term.item()
         if self.o["pair"]:
             term = pair_distillation(
-                self.features["student"], self.features["teacher"], self.o["pool_scale"]
+                self.features["student"], self.features["teacher"], self.o["pool_scale"], valid
             )
             loss, self.terms["pair"] = loss + self.o["pair"] * term, term.item()
         if holistic:
+            if gate is not None:  # the critic sees no padded pixel of either map
+                student, teacher = student * gate, teacher * gate
             self.critic.requires_grad_(False)  # the student's term moves the student only
             term = -self.critic(student.float()).mean()
             self.critic.requires_grad_(True)
             loss, self.terms["holistic"] = loss + holistic * term, term.item()
             self.pending = (student.detach(), teacher.detach())
         return loss
+
+    def logged_terms(self) -> dict[str, float]:
+        """The last call's terms for metrics.jsonl: distill_task, distill_pixel, ..."""
+        return {f"distill_{key}": value for key, value in self.terms.items()}
+
+    def critic_state(self) -> dict:
+        """The critic, its optimizer and the logits it steps on next (plain data for last.pt)."""
+        pending = None if self.pending is None else list(self.pending)
+        return {"model": self.critic.state_dict(), "optimizer": self.critic_optimizer.state_dict(),
+                "pending": pending}  # fmt: skip
+
+    def load_critic_state(self, state: dict) -> None:
+        self.critic.load_state_dict(state["model"])
+        self.critic_optimizer.load_state_dict(state["optimizer"])
+        device = next(self.critic.parameters()).device
+        pending = state["pending"]
+        self.pending = None if pending is None else tuple(t.to(device) for t in pending)
