@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from seglab.config import Config, save_config
 from seglab.data.folder import FolderDataset
+from seglab.data.weak_training import MarkPadding, split_padding
 from seglab.engine.checkpoint import load_resume, save_resume, set_rng_state
 from seglab.engine.curves import write_curves
 from seglab.engine.distributed import World, any_rank, close_world, init_world, mean_over_ranks
@@ -105,6 +106,10 @@ class Trainer:
 
             self.criterion = DistillationLoss(self.criterion, cfg.distill, model, device)
         self.loss_terms: dict[str, float] = {}  # the last step's loss dict, logged per term
+        # The Gated CRF loss and distillation leave out pixels a crop padded (MarkPadding).
+        self.marks_padding = not self.instance and (
+            cfg.loss.gated_crf is not None or cfg.distill is not None
+        )
         self.optimizer = build_optimizer(model, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.train.iters)
         self.amp_dtype = amp_dtype(cfg, device)
@@ -119,18 +124,28 @@ class Trainer:
                 bn.requires_grad_(False)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
         }
+        if hasattr(self.criterion, "critic_state"):  # distillation's critic (never the teacher)
+            state["critic"] = self.criterion.critic_state()
+        return state
 
     def load_state_dict(self, state: dict[str, Any], path: Path) -> None:
         load_state_checked(self.model, state["model"], path, self.cfg.model.name)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
+        if hasattr(self.criterion, "critic_state"):
+            if "critic" not in state:
+                raise SeglabError(
+                    f"{path}: holds no distillation critic (written without distill:); resume "
+                    "it with the config it was written with, or start a new run_dir"
+                )
+            self.criterion.load_critic_state(state["critic"])
 
     def wrap(self) -> None:
         """DDP across ranks, then torch.compile, as the config asks."""
@@ -150,16 +165,21 @@ class Trainer:
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
-    def _micro_batch(self, batches) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(images, masks, U-Net border weights or None) of the next micro-batch, on device."""
+    def _micro_batch(self, batches):
+        """(images, masks, U-Net border weights or None, {"valid": (B, H, W) bool} where the
+        crop padding is marked, else {}) of the next micro-batch, on device."""
         images, masks = next_batch(batches)
+        extra = {}
+        if self.marks_padding:
+            masks, valid = split_padding(masks)
+            extra["valid"] = valid.to(self.device, non_blocking=True)
         pixel_weights, border = None, self.cfg.loss.border_weights
         if border is not None:  # after augmentation: scaling changes the distances
             pixel_weights = border_weights_from_labels(
                 masks, **border, class_weights=self.class_weights
             ).to(self.device, non_blocking=True)
         images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
-        return images, masks.to(self.device, non_blocking=True), pixel_weights
+        return images, masks.to(self.device, non_blocking=True), pixel_weights, extra
 
     def run_step(self, batches, step: int) -> torch.Tensor:
         """Optimizer step number `step` on `accumulate` micro-batches; returns its loss on this
@@ -179,10 +199,16 @@ class Trainer:
                             terms[key] = terms.get(key, 0) + value.detach() / accumulate
                         loss = sum(losses.values()) / accumulate
                     else:
-                        images, masks, pixel_weights = self._micro_batch(batches)
+                        images, masks, pixel_weights, extra = self._micro_batch(batches)
                         outputs = self.net(images)
-                        loss = self.criterion(outputs, masks, pixel_weights, images=images)
+                        loss = self.criterion(outputs, masks, pixel_weights, images=images,
+                                              **extra)  # fmt: skip
                         loss = loss / accumulate
+                        # distillation's terms (task, pixel, pair, holistic, critic) per step
+                        logged = getattr(self.criterion, "logged_terms", dict)()
+                        for key, value in logged.items():
+                            value = torch.as_tensor(value, device=self.device) / accumulate
+                            terms[key] = terms.get(key, 0) + value
                 self.scaler.scale(loss).backward()
             step_loss += loss.detach()
         self.loss_terms = {key: mean_over_ranks(value).item() for key, value in terms.items()}
@@ -232,6 +258,8 @@ def _train(
     train_set, val_set = build_datasets(cfg, check=True, progress=progress)
     model = build_model(cfg, train_set, world, device, resume)
     trainer = Trainer(cfg, world, device, model, class_weights(cfg, train_set))
+    if trainer.marks_padding:  # the losses then tell padded pixels from unlabelled ones
+        train_set.transform = MarkPadding(train_set.transform)
 
     # Resume from last.pt; without one (a run killed before its first checkpoint) from step 0.
     step, best_miou = 0, -math.inf
