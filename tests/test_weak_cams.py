@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -192,3 +193,69 @@ def test_seglab_weak_runs_every_stage_into_the_run_directory(tmp_path, monkeypat
     assert (run / "pseudo_data" / "masks" / "train_00000.png").resolve() == (
         run / "pseudo_masks" / "masks" / "train_00000.png"
     ).resolve()
+
+
+def test_cam_backbone_is_vgg16_cut_after_its_stage_at_the_asked_stride():
+    from seglab.weak.cam import CamBackbone
+
+    # width 8: conv3 has 256 * 8 / 64 = 32 channels; output stride 4: pools 1-2 halve, so a
+    # 64-pixel image gives a 16x16 map; conv4/conv5 are not built (not computed, not saved)
+    backbone = CamBackbone(width=8, output_stride=4, stage=2, batch_norm=True)
+    assert (backbone.channels, backbone.stride) == (32, 4)
+    assert backbone(torch.zeros(2, 3, 64, 64)).shape == (2, 32, 16, 16)
+    names = {name.split(".")[1] for name, _ in backbone.named_parameters()}
+    assert names == {"conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3"}
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.modules()) == 7
+    plain = CamBackbone(width=8, output_stride=8, stage=2)
+    assert plain(torch.zeros(1, 3, 64, 64)).shape == (1, 32, 8, 8)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
+
+
+def test_pooling_of_score_maps_by_hand():
+    from seglab.weak.cam import pool_scores
+
+    scores = torch.tensor([[[[0.0, 0.0], [0.0, math.log(5.0)]]]])  # (1, 1, 2, 2)
+    assert pool_scores(scores, "gap").item() == pytest.approx(math.log(5.0) / 4)
+    assert pool_scores(scores, "gmp").item() == pytest.approx(math.log(5.0))
+    # r = 1: log mean exp = log((1 + 1 + 1 + 5) / 4) = log 2
+    assert pool_scores(scores, "lse", r=1.0).item() == pytest.approx(math.log(2.0))
+    with pytest.raises(ValueError, match="pooling"):
+        pool_scores(scores, "median")
+
+
+def test_the_dense_crf_snaps_a_blurred_cam_to_the_object():
+    from seglab.weak.pseudo import crf_pseudo_mask
+
+    # a green 16x16 square on a dark noisy background; class 2's CAM is the square dilated by
+    # 4 pixels and blurred (what a stride-4 CAM upsampled looks like): thresholded it
+    # overshoots the square, refined by the CRF it follows the square's edges
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 30, (40, 40, 3)).astype(np.uint8)
+    truth = np.zeros((40, 40), bool)
+    truth[12:28, 12:28] = True
+    image[truth] = (60, 180, 75)
+    from scipy import ndimage
+
+    blob = ndimage.gaussian_filter(ndimage.binary_dilation(truth, iterations=4).astype(float), 2)
+    cams = np.zeros((5, 40, 40))
+    cams[1] = blob / blob.max()
+
+    def iou(mask):
+        return (mask & truth).sum() / (mask | truth).sum()
+
+    _, unrefined = seeds_and_pseudo_mask(cams, [2], 0.5, 0.35)
+    refined = crf_pseudo_mask(cams, [2], image, 0.35, "pydensecrf")
+    assert set(np.unique(refined)) <= {0, 2}
+    assert iou(unrefined == 2) < 0.8 < iou(refined == 2)
+    assert not crf_pseudo_mask(cams, [], image, 0.35).any()  # untagged: all background
+
+
+def test_seglab_weak_names_a_wrong_crf_preset(tmp_path):
+    from seglab.errors import SeglabError
+    from seglab.weak.pipeline import load_weak_config
+
+    config = str(Path(__file__).parent.parent / "configs" / "weak_cam_shapes.yaml")
+    with pytest.raises(SeglabError, match="weak.pseudo.crf"):
+        load_weak_config(config, [f"data.root={tmp_path}", "weak.pseudo.crf=fancy"])
+    cfg, weak = load_weak_config(config, [f"data.root={tmp_path}"])
+    assert weak["cam"]["options"]["dilations"] == [1]  # the plain-CAM baseline

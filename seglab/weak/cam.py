@@ -14,6 +14,8 @@ background, MODELS_2019.md section 8; seglab has none, so a threshold stands in 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -21,33 +23,79 @@ from torch import nn
 
 from seglab.data.labels import IGNORE_INDEX
 from seglab.encoders import build_encoder
+from seglab.encoders.vgg import VGG16
 
 
 class CamBackbone(nn.Module):
-    """The encoder of a CAM generator and the one of its maps the CAM head reads.
+    """The encoder of a CAM generator, cut after the stage whose map the CAM head reads.
 
-    encoder/width/output_stride go to seglab.encoders.build_encoder (VGG-16, the papers'
-    usual backbone; width scales it). stage: which returned map feeds the head (-1 the last;
-    an earlier one for small images, whose last map's receptive field covers all of them).
+    encoder "vgg16" (the papers' usual backbone) is seglab's VGG16 (seglab/encoders/vgg.py)
+    built here: `width` scales its channels, `batch_norm` makes it VGG16-BN (from scratch, in a
+    few hundred steps, plain VGG16 barely leaves the prior), and output_stride 4, 8, 16 or 32
+    keeps the pools up to that stride at stride 2 and makes the later ones 3x3 stride 1 (the
+    DeepLab form). The stages after `stage` are dropped, not computed and thrown away. Any
+    other name is a timm encoder (seglab.encoders.build_encoder; width/batch_norm ignored).
+    stage: which map feeds the head (-1 the last).
     (N, in_channels, H, W) -> (N, channels, H / stride, W / stride).
     """
 
     def __init__(self, in_channels: int = 3, encoder: str = "vgg16", width: int = 64,
-                 output_stride: int = 8, stage: int = -1) -> None:  # fmt: skip
+                 output_stride: int = 8, stage: int = -1,
+                 batch_norm: bool = False) -> None:  # fmt: skip
         super().__init__()
-        self.encoder = build_encoder(encoder, in_channels, output_stride, width=width)
-        self.stage, self.channels = stage, self.encoder.channels[stage]
+        if encoder != "vgg16":
+            self.encoder = build_encoder(encoder, in_channels, output_stride, width=width)
+            self.stage, self.channels = stage, self.encoder.channels[stage]
+            self.stride = self.encoder.strides[stage]
+            return
+        if output_stride not in (4, 8, 16, 32):
+            raise ValueError(f"output_stride must be 4, 8, 16 or 32, got {output_stride}")
+        pools = [(3, 2 if 2 ** (i + 1) <= output_stride else 1, 1) for i in range(5)]
+        self.encoder = VGG16(in_channels, width, batch_norm, pools=pools, ceil_mode=False,
+                             conv5_dilation=2 if output_stride <= 8 else 1)  # fmt: skip
+        self.stage = range(5)[stage]
+        for dropped in range(self.stage + 1, 5):
+            for name in self.encoder.conv_names[dropped]:
+                delattr(self.encoder, name)
+            delattr(self.encoder, f"pool{dropped + 1}")
+        self.encoder.conv_names = self.encoder.conv_names[: self.stage + 1]
+        self.channels = self.encoder.channels[self.stage]
+        self.stride = self.encoder.strides[self.stage]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.encoder, VGG16):
+            return self.encoder(images)[-1]  # its forward runs the stages that are left
         return self.encoder(images)[self.stage]
 
 
-def tag_loss(score_maps: list[torch.Tensor], tags: torch.Tensor) -> torch.Tensor:
-    """Sum over branches of the multi-label BCE of each branch's global-average-pooled scores.
+POOLINGS = ("gap", "lse", "gmp")
+
+
+def pool_scores(scores: torch.Tensor, pooling: str = "gap", r: float = 5.0) -> torch.Tensor:
+    """(N, K, h, w) score maps -> (N, K) image scores.
+
+    gap: the mean (the CAM papers' global average pooling, which spreads the gradient over
+    the whole object); gmp: the max (only the most discriminative location learns); lse:
+    (1/r) log mean exp(r x) (Pinheiro & Collobert, CVPR 2015), between the two: the mean as
+    r -> 0, the max as r -> inf."""
+    if pooling == "gap":
+        return scores.mean(dim=(2, 3))
+    if pooling == "gmp":
+        return scores.amax(dim=(2, 3))
+    if pooling == "lse":
+        flat = scores.flatten(2)
+        return (torch.logsumexp(r * flat, dim=2) - math.log(flat.shape[2])) / r
+    raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+
+
+def tag_loss(score_maps: list[torch.Tensor], tags: torch.Tensor, pooling: str = "gap",
+             r: float = 5.0) -> torch.Tensor:  # fmt: skip
+    """Sum over branches of the multi-label BCE of each branch's pooled scores.
 
     score_maps: list of (N, K, h, w); tags: (N, K) in {0, 1}."""
     return sum(
-        F.binary_cross_entropy_with_logits(scores.mean(dim=(2, 3)), tags) for scores in score_maps
+        F.binary_cross_entropy_with_logits(pool_scores(scores, pooling, r), tags)
+        for scores in score_maps
     )
 
 

@@ -73,6 +73,8 @@ class FickleNet(nn.Module):
         keep_centre: bool = True,
         samples: int = 20,
         aggregate: str = "mean",
+        pooling: str = "gap",
+        lse_r: float = 5.0,
         **backbone,
     ) -> None:
         super().__init__()
@@ -80,6 +82,7 @@ class FickleNet(nn.Module):
             raise ValueError(f"aggregate must be mean or max, got {aggregate!r}")
         self.num_classes, self.kernel, self.drop = num_classes, kernel, drop
         self.keep_centre, self.samples, self.aggregate = keep_centre, samples, aggregate
+        self.pooling, self.lse_r = pooling, lse_r  # seglab.weak.cam.pool_scores
         self.backbone = CamBackbone(**backbone)  # in_channels, encoder, width, stride, stage
         self.classifier = nn.Conv2d(self.backbone.channels, num_classes, kernel, stride=kernel)
 
@@ -93,7 +96,7 @@ class FickleNet(nn.Module):
         return [self.score_map(self.backbone(images), stochastic=self.training)]
 
     def loss(self, images: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
-        return tag_loss(self(images), tags)
+        return tag_loss(self(images), tags, self.pooling, self.lse_r)
 
     @torch.no_grad()
     def cams(self, images: torch.Tensor) -> torch.Tensor:

@@ -31,8 +31,9 @@ def fuse_maps(maps: list[torch.Tensor]) -> torch.Tensor:
 class MDCNet(nn.Module):
     """Encoder -> one 3x3 conv block per dilation -> 1x1 class scores per block.
 
-    num_classes: foreground classes K; `backbone` options go to seglab.weak.cam.CamBackbone
-    (in_channels, encoder, width, output_stride, stage).
+    num_classes: foreground classes K; pooling / lse_r: how the score maps become image scores
+    (seglab.weak.cam.pool_scores; the paper's gap by default); `backbone` options go to
+    seglab.weak.cam.CamBackbone (in_channels, encoder, width, output_stride, stage, batch_norm).
     Input (N, C, H, W) -> forward: list of (N, K, H/os, W/os) score maps, one per dilation.
     """
 
@@ -41,6 +42,8 @@ class MDCNet(nn.Module):
         num_classes: int,
         dilations: tuple[int, ...] = DILATIONS,
         block_channels: int | None = None,
+        pooling: str = "gap",
+        lse_r: float = 5.0,
         **backbone,
     ) -> None:
         super().__init__()
@@ -48,7 +51,7 @@ class MDCNet(nn.Module):
             raise ValueError(
                 f"dilations must start with 1 (the H_0 of the fusion), got {dilations}"
             )
-        self.num_classes = num_classes
+        self.num_classes, self.pooling, self.lse_r = num_classes, pooling, lse_r
         self.dilations = tuple(dilations)
         self.backbone = CamBackbone(**backbone)
         channels = self.backbone.channels
@@ -68,7 +71,7 @@ class MDCNet(nn.Module):
 
     def loss(self, images: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
         """Each dilated block is a classifier of its own (summed multi-label BCE)."""
-        return tag_loss(self(images), tags)
+        return tag_loss(self(images), tags, self.pooling, self.lse_r)
 
     @torch.no_grad()
     def cams(self, images: torch.Tensor) -> torch.Tensor:

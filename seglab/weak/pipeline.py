@@ -6,7 +6,8 @@ CONFIG is a seglab training config (model, data, optim, train: the segmentation 
     weak:
       cam:    {method: mdc | ficklenet, options: {...}, iters, batch_size, lr, weight_decay,
                hflip, seed}
-      pseudo: {fg_threshold: 0.3, bg_threshold: 0.2, train_on: masks | seeds}
+      pseudo: {fg_threshold: 0.3, bg_threshold: 0.2, train_on: masks | seeds,
+               crf: null | a seglab.crf preset (deeplab-largefov ...) refining the masks}
 
 data.root is the folder layout with tags/ (seglab/data/weak_labels.py). Stages, each writing
 into RUN = run_dir (a finished stage is not run again, so a stopped run continues):
@@ -37,7 +38,7 @@ from seglab.errors import SeglabError
 WEAK_DEFAULTS = {
     "cam": {"method": "mdc", "options": {}, "iters": 300, "batch_size": 16, "lr": 1e-3,
             "weight_decay": 1e-4, "hflip": True, "seed": 0},
-    "pseudo": {"fg_threshold": 0.3, "bg_threshold": 0.2, "train_on": "masks"},
+    "pseudo": {"fg_threshold": 0.3, "bg_threshold": 0.2, "train_on": "masks", "crf": None},
 }  # fmt: skip
 
 
@@ -73,6 +74,10 @@ def load_weak_config(path: str | Path, overrides: list[str] | None = None) -> tu
         weak[section].update(values)
     if weak["pseudo"]["train_on"] not in ("masks", "seeds"):
         raise SeglabError(f"{path}: weak.pseudo.train_on must be masks or seeds")
+    from seglab.crf.params import PRESETS
+
+    if weak["pseudo"]["crf"] is not None and weak["pseudo"]["crf"] not in PRESETS:
+        raise SeglabError(f"{path}: weak.pseudo.crf must be null or one of {', '.join(PRESETS)}")
     return cfg, weak
 
 
@@ -142,7 +147,7 @@ def run_weak(cfg: Config, weak: dict, progress: bool = True) -> dict:
         pseudo_metrics = json.loads((masks_dir / "metrics.json").read_text())
     else:
         pseudo_metrics = write_pseudo_masks(model, tags, masks_dir, pseudo["fg_threshold"],
-                                            pseudo["bg_threshold"])  # fmt: skip
+                                            pseudo["bg_threshold"], pseudo["crf"])  # fmt: skip
     say(f"(b) pseudo masks: train mIoU {pseudo_metrics['pseudo_mask_mean_iou']:.4f} "
         f"({masks_dir})")  # fmt: skip
 
