@@ -5,8 +5,16 @@ variant "auto" (the default) makes a copy of the model with every BatchNorm fold
 conv before it (seglab/nn/fold_batchnorm.py), in channels_last memory layout where that helps
 on the device (CUDA always; the CPU only for the families in CHANNELS_LAST_CPU, measured per
 family: oneDNN's CPU kernels are not faster in NHWC for every network), and the callers run it
-under torch.inference_mode. "eager" runs the model as it is (the reference). "fp16" and "bf16"
-add autocast on a GPU: faster, but labels may differ from eager where two classes are close.
+under torch.inference_mode. The channels_last copy is checked once on a random example against
+the contiguous layout; a model that fails there, or later on one input size (an op that needs
+contiguous memory, such as a .view), runs contiguous from then on, with a one-line notice on
+stderr. "eager" runs the model as it is (the reference). "fp16" and "bf16" add autocast on a
+GPU: faster, but labels may differ from eager where two classes are close.
+
+Measured and not taken (DeepLabv3-ResNet50, 512x512, 2 threads, per-round ratio to
+torchvision eager, one interleaved run): BN folded 0.86, folded + channels_last 0.66,
+torch.jit.trace + freeze + optimize_for_inference (oneDNN conv fusion) 0.82 contiguous and 0.77
+channels_last, with a trace per input shape and a second copy of the weights.
 
 backend "onnxruntime" runs the exported ONNX graph (seglab/onnx_graph.py) on the CPU: one
 session per input shape, since a fixed-shape graph is both exact (a traced graph can bake a
@@ -18,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 from collections import OrderedDict
 
 import torch
@@ -31,13 +40,34 @@ __all__ = ["BACKENDS", "CHANNELS_LAST_CPU", "VARIANTS", "FastModel", "prepare_fo
 
 VARIANTS = ("auto", "eager", "fp16", "bf16")
 BACKENDS = ("torch", "onnxruntime")
-CHANNELS_LAST_CPU: set[str] = set()
-"""Registered model names that run faster in channels_last on the CPU (benchmark them with
-`seglab benchmark NAME --variants eager,channels_last`); empty until measured on a quiet
-machine, so the CPU default is the contiguous (NCHW) layout."""
+CHANNELS_LAST_CPU: set[str] = {
+    "bisenet",
+    "bisenet_r18",
+    "deeplabv1",
+    "deeplabv3",
+    "deeplabv3_torchvision",
+    "dfanet",
+    "dupsampling",
+    "fastfcn",
+    "refinenet",
+    "segnet",
+    "unet",
+}
+"""Registered model names whose BN-folded forward took <= 0.90x the time in channels_last than
+contiguous on the CPU (2 threads, default options, 21 classes, 256x256, median of 3
+interleaved rounds; deeplabv3_torchvision 0.79 there and 0.75 at 512x512; measured
+2026-12-01, figures in benchmarks/RESULTS.md "## seglab default variant"). Measured and left
+contiguous: fcn_resnet 0.93, deeplabv3plus 0.93, pspnet 0.91, dilated_context 0.91, lednet 0.94,
+deeplabv2 1.01, danet 1.03, fcn8s 1.15, and acnet (0.83, but its logits moved by 1e-2)."""
 
 _FOLD_SIZES = (64, 128, 256, 512)  # example inputs for finding conv -> BN pairs, smallest first
+_LAYOUT_TOLERANCE = 1e-4  # max |logit difference| / max(1, max |logit|) between the layouts
 _SESSIONS_KEPT = 8  # onnxruntime sessions (one per input shape) kept before the oldest goes
+
+
+def _notice(text: str) -> None:
+    """One line on stderr: the fast path stepped back to the plain folded model."""
+    print(f"seglab inference: {text}", file=sys.stderr, flush=True)
 
 
 class FastModel(nn.Module):
@@ -73,15 +103,34 @@ class FastModel(nn.Module):
         enabled = self.autocast is not None
         return torch.autocast(device.type, dtype=self.autocast or torch.float16, enabled=enabled)
 
+    def _run(self, method: str, x: torch.Tensor) -> torch.Tensor:
+        """self.module.<method>(x) in the prepared layout; if channels_last fails where the
+        contiguous layout works (an op that needs contiguous memory, e.g. a .view), this input
+        and every later one run contiguous, with a one-line notice."""
+        with self._autocast(x.device):
+            if not self.channels_last:
+                return getattr(self.module, method)(x)
+            try:
+                return getattr(self.module, method)(self._layout(x))
+            except RuntimeError as error:
+                self.module.to(memory_format=torch.contiguous_format)
+                try:
+                    out = getattr(self.module, method)(x.contiguous())
+                except RuntimeError:
+                    self.module.to(memory_format=torch.channels_last)
+                    raise error from None  # not the layout: the input itself fails
+                self.channels_last = False
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else "error"
+                _notice(f"channels_last failed at {tuple(x.shape)} ({reason}); running contiguous")
+                return out
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.onnx_source is not None:
             return self._run_onnx(images)
-        with self._autocast(images.device):
-            return main_logits(self.module(self._layout(images)))
+        return main_logits(self._run("forward", images))
 
     def forward_tile(self, tile: torch.Tensor) -> torch.Tensor:
-        with self._autocast(tile.device):
-            return self.module.forward_tile(self._layout(tile))
+        return self._run("forward_tile", tile)
 
     def tile_input_size(self, size: int) -> int:
         return self.module.tile_input_size(size)
@@ -119,28 +168,63 @@ def _onnx_session(model: nn.Module, images: torch.Tensor):
     return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
 
-def _fold(model: nn.Module) -> tuple[nn.Module, str]:
+def _example_size(model: nn.Module, device: torch.device) -> int | None:
+    """The smallest of _FOLD_SIZES that the model runs at (pooling pyramids need a minimum)."""
+    channels = input_channels(model)
+    for size in _FOLD_SIZES:
+        try:
+            with torch.no_grad():
+                model(torch.zeros(1, channels, size, size, device=device))
+        except Exception:  # noqa: BLE001 - too small for this model: try a larger example
+            continue
+        return size
+    return None
+
+
+def _fold(model: nn.Module, size: int | None) -> tuple[nn.Module, str]:
     """(a BN-folded copy, or the model itself when there is nothing to fold; what was done)."""
     before = count_batchnorms(model)
     if before == 0:
         return model, "no BN to fold"
+    if size is None:
+        return model, "BN not folded (no example size ran)"
     device = next(model.parameters()).device
-    channels = input_channels(model)
-    for size in _FOLD_SIZES:  # some models need a minimum input size (pooling pyramids)
-        try:
-            folded = fold_batchnorm(model, torch.zeros(1, channels, size, size, device=device))
-        except Exception:  # noqa: BLE001 - too small for this model: try a larger example
-            continue
-        return folded, f"BN folded ({before - count_batchnorms(folded)} of {before})"
-    return model, "BN not folded (no example size ran)"
+    example = torch.zeros(1, input_channels(model), size, size, device=device)
+    folded = fold_batchnorm(model, example)
+    return folded, f"BN folded ({before - count_batchnorms(folded)} of {before})"
 
 
-def _wants_channels_last(model: nn.Module, device: torch.device, setting: bool | None) -> bool:
+def _wants_channels_last(model: nn.Module, device: torch.device, setting: bool | None) -> str:
+    """'' if the model should run in channels_last, else why not."""
     if setting is not None:
-        return setting
+        return "" if setting else "off as asked"
     if device.type == "cuda":
-        return True
-    return getattr(model, "seglab_spec", {}).get("name") in CHANNELS_LAST_CPU
+        return ""
+    name = getattr(model, "seglab_spec", {}).get("name")
+    return "" if name in CHANNELS_LAST_CPU else f"not measured faster for {name}"
+
+
+def _check_channels_last(module: nn.Module, size: int | None) -> str:
+    """Converts `module` to channels_last if it then gives the contiguous layout's logits
+    (within _LAYOUT_TOLERANCE) on a random example; '' if it did, else why not."""
+    if size is None:
+        return "no example size ran"
+    device = next(module.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(0)
+    shape = (1, input_channels(module), size, size)
+    x = torch.randn(shape, generator=generator, device=device)
+    with torch.no_grad():
+        expected = main_logits(module(x))
+        module.to(memory_format=torch.channels_last)
+        try:
+            got = main_logits(module(x.contiguous(memory_format=torch.channels_last)))
+            diff = (got - expected).abs().max().item()
+        except Exception as error:  # noqa: BLE001 - any failure means: stay contiguous
+            diff, why = None, str(error).strip().splitlines()[0] if str(error).strip() else "error"
+    if diff is not None and diff <= _LAYOUT_TOLERANCE * max(1.0, expected.abs().max().item()):
+        return ""
+    module.to(memory_format=torch.contiguous_format)
+    return why if diff is None else f"logits differ by {diff:.1e}"
 
 
 def prepare_for_inference(
@@ -173,15 +257,21 @@ def prepare_for_inference(
     autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(variant)
     if autocast is not None and device.type != "cuda":
         raise SeglabError(f"variant {variant} (autocast) needs a GPU; on the CPU use auto")
-    module, folding = _fold(model)
-    layout = _wants_channels_last(model, device, channels_last)
-    if layout:
+    why_not = _wants_channels_last(model, device, channels_last)
+    needs_example = count_batchnorms(model) > 0 or not why_not
+    size = _example_size(model, device) if needs_example else None
+    module, folding = _fold(model, size)
+    if not why_not:
         module = module if module is not model else copy.deepcopy(model)
-        module.to(memory_format=torch.channels_last)
+        why_not = _check_channels_last(module, size)
+        if why_not:
+            _notice(f"channels_last off: {why_not}; running the folded model contiguous")
+    layout = not why_not
     parts = [
         f"torch {variant}",
         folding,
-        f"channels_last {'on' if layout else 'off'} ({device.type})",
+        f"channels_last {'on' if layout else 'off'} ({device.type}"
+        + (f"; {why_not})" if why_not else ")"),
         *([f"autocast {variant}"] if autocast is not None else []),
         "inference_mode",
     ]

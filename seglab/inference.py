@@ -6,6 +6,7 @@ All modes return class probabilities (B, K, H, W) at the input size: averaging p
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -261,7 +262,9 @@ class Segmenter:
     name in seglab.crf.PRESETS) refines every prediction with the dense CRF on the image.
     variant ("auto": BN folded, the device's best layout; "eager"; "fp16"/"bf16" on a GPU) and
     backend ("torch" or "onnxruntime") choose how the model runs (seglab/fast_inference.py);
-    `self.variant` describes the one chosen. `self.model` stays the model as given.
+    `self.variant` describes the one chosen. `self.model` is the seglab model the runner
+    runs (the BN-folded copy, not the model as given, which is left unchanged): the Segmenter
+    holds one copy of the weights, so from_checkpoint's model memory is not doubled.
     """
 
     def __init__(
@@ -283,11 +286,21 @@ class Segmenter:
                 "or call the model on your own tensors"
             )
         self.device = resolve_device(device)
-        self.model = model.to(self.device).eval()
-        self.runner, self.variant = prepare_for_inference(self.model, self.device, variant, backend)
+        self.runner, self.variant = prepare_for_inference(
+            model.to(self.device).eval(), self.device, variant, backend
+        )
+        self.model = unwrap(self.runner)  # not `model`: keeping both would double the memory
         self.classes = classes
         self.inference = inference or InferenceConfig()
         self.crf = self.check_crf_preset(crf)
+
+    def with_options(self, inference: InferenceConfig, crf: str | None) -> Segmenter:
+        """A Segmenter with other inference settings or CRF that shares this one's prepared
+        model (no second copy of the weights, no second preparation)."""
+        other = copy.copy(self)
+        other.inference = inference
+        other.crf = self.check_crf_preset(crf)
+        return other
 
     @staticmethod
     def check_crf_preset(crf: str | None) -> str | None:

@@ -226,6 +226,7 @@ def serve(
         ) from None
     served = ServedModel(weights_or_run, inference, crf, device, max_pixels, batch_wait_s)
     print(f"seglab serve: {served.weights} on http://{host}:{port}/ (page at /, API at /predict)")
+    print(f"inference: {served.segmenter.variant}")
     uvicorn.run(create_app(served, max_bytes), host=host, port=port, log_level="warning")
 
 

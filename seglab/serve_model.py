@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from seglab.errors import SeglabError
+from seglab.text_values import parse_flag, parse_numbers, parse_size
 
 DEFAULT_MAX_PIXELS = 4096 * 4096
 DEFAULT_BATCH_WAIT_S = 0.005
@@ -100,7 +101,6 @@ class ServedModel:
 
     def options(self, query) -> tuple[str, object, str | None]:
         """Query parameters -> (key, InferenceConfig, crf); a bad value is Refused(400)."""
-        from seglab.cli.options import parse_numbers, parse_size
         from seglab.inference import Segmenter
         from seglab.runs import run_inference
 
@@ -141,7 +141,6 @@ class ServedModel:
     def _segmenter(self, key: str):
         """The Segmenter for one set of options (same model object, its own settings)."""
         from seglab.config import InferenceConfig
-        from seglab.inference import Segmenter
         from seglab.runs import check_window
 
         if key not in self.segmenters:
@@ -151,9 +150,7 @@ class ServedModel:
             base = self.segmenter
             if len(self.segmenters) > 32:  # a client varying options must not grow memory
                 self.segmenters = {k: v for k, v in list(self.segmenters.items())[:1]}
-            self.segmenters[key] = Segmenter(
-                base.model, base.classes, base.device, inference, settings["crf"]
-            )
+            self.segmenters[key] = base.with_options(inference, settings["crf"])
         return self.segmenters[key]
 
     def _work(self) -> None:
@@ -216,6 +213,7 @@ class ServedModel:
             "crf": self.segmenter.crf,
             "crf_presets": sorted(PRESETS),
             "device": str(self.segmenter.device),
+            "variant": self.segmenter.variant,
             "formats": list(FORMATS),
             "probabilities": list(PROBABILITY_ENCODINGS),
             "max_pixels": self.max_pixels,
@@ -224,15 +222,6 @@ class ServedModel:
                 "max_images": self.segmenter.inference.batch_size,
             },
         }
-
-
-def parse_flag(text: str, option: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise SeglabError(f"{option} {text!r}: give true or false")
 
 
 __all__ = ["ServedModel", "Refused", "one_line"]

@@ -9,31 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from seglab.errors import SeglabError
-
-
-def parse_size(text: str, option: str) -> list[int]:
-    """'512x1024' -> [512, 1024] (H, W)."""
-    parts = text.lower().replace(" ", "").split("x")
-    try:
-        size = [int(part) for part in parts]
-    except ValueError:
-        size = []
-    if len(size) != 2 or min(size) < 1:
-        raise SeglabError(f"{option} {text!r}: give a size as HxW in pixels, e.g. 512x512")
-    return size
-
-
-def parse_numbers(text: str, option: str, kind: type = float) -> list:
-    """'0.5,0.75,1' -> [0.5, 0.75, 1.0]; every number must be > 0."""
-    try:
-        values = [kind(part) for part in text.split(",")]
-    except ValueError:
-        values = []
-    if not values or min(values) <= 0:
-        example = "0.5,0.75,1" if kind is float else "3,4,5"
-        raise SeglabError(f"{option} {text!r}: give comma-separated numbers > 0, e.g. {example}")
-    return values
+# the parsers live in a lower module (the server uses them too); the commands import them here
+from seglab.text_values import parse_numbers, parse_size
 
 
 def crf_presets() -> list[str]:
