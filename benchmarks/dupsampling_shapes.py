@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
 from results_file import write_section  # benchmarks/, the script's folder, is on sys.path
-from run_scores import iou_table, latest_common_step
+from run_scores import iou_table, latest_common_step, run_command
 
 from seglab.config import load_config
 from seglab.data import build_dataset
@@ -92,7 +90,7 @@ def train_and_score(root: Path, run_dir: Path, upsampling: str, args) -> dict:
 
 
 def section(recon: list[dict], trained: dict, step: int, args) -> str:
-    command = shlex.join(["python", "benchmarks/dupsampling_shapes.py", *sys.argv[1:]])
+    command = run_command("benchmarks/dupsampling_shapes.py")
     k = len(SHAPE_CLASSES)
     counts = [k, *args.features]
     lines = [
@@ -123,6 +121,8 @@ def section(recon: list[dict], trained: dict, step: int, args) -> str:
             "",
             *iou_table(trained, SHAPE_CLASSES, "head"),
         ]
+    elif args.record_only:
+        lines += ["", "Training: not recorded (the runs stopped before their first evaluation)."]
     return "\n".join(lines)
 
 

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import shutil
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -29,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 from results_file import write_section  # benchmarks/, the script's folder, is on sys.path
-from run_scores import iou_table, latest_common_step
+from run_scores import iou_table, latest_common_step, run_command
 
 from seglab.config import load_config
 from seglab.data import build_dataset
@@ -71,7 +69,7 @@ def train_and_score(root: Path, run_dir: Path, args: argparse.Namespace) -> dict
 
 
 def section(results: dict, step: int, args: argparse.Namespace) -> str:
-    command = shlex.join(["python", "benchmarks/rgbd_shapes.py", *sys.argv[1:]])
+    command = run_command("benchmarks/rgbd_shapes.py")
     names = {"rgbd": "RGB-D", "rgb_only": "RGB only (depth input 0)"}
     lines = [
         HEADING,

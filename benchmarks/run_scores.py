@@ -7,6 +7,8 @@ there is; the record then says which step it is."""
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -52,3 +54,14 @@ def iou_table(rows: dict[str, dict], classes: Sequence[str], first: str) -> list
         per_class = " | ".join("-" if v is None else f"{100 * v:.1f}" for v in scores["iou"])
         lines.append(f"| {label} | {100 * scores['mean_iou']:.2f} | {per_class} |")
     return lines
+
+
+def run_command(script: str) -> str:
+    """This run's command line for the record; with --record-only, the training command
+    (without it) followed by the recording one."""
+    args = [a for a in sys.argv[1:] if a != "--no-write"]
+    command = shlex.join(["python", script, *args])
+    if "--record-only" not in args:
+        return command
+    trained = shlex.join(["python", script, *(a for a in args if a != "--record-only")])
+    return f"{trained}` (stopped), recorded by `{command}"
