@@ -69,3 +69,12 @@ def test_only_on_the_cpu_and_not_with_seglab_omp_defaults_0(monkeypatch):
     assert not adaptive_threads_enabled(torch.device("cuda"))
     monkeypatch.setenv("SEGLAB_OMP_DEFAULTS", "0")
     assert not adaptive_threads_enabled(torch.device("cpu"))
+
+
+def test_close_puts_torchs_count_back():
+    torch.set_num_threads(2)
+    chooser = AdaptiveThreads()
+    _run(chooser, [BUSY] * 30)
+    assert torch.get_num_threads() == 1
+    chooser.close()
+    assert torch.get_num_threads() == 2

@@ -43,7 +43,8 @@ class AdaptiveThreads:
         window: int = 5,
         enabled: bool = True,
     ) -> None:
-        self.most = (most or torch.get_num_threads()) if enabled else 1
+        self.before = torch.get_num_threads()  # close() puts it back
+        self.most = (most or self.before) if enabled else 1
         self.every, self.probe = every, probe
         self.chosen = self.most
         self.recent: deque[float] = deque(maxlen=window)  # step times at `chosen`
@@ -55,6 +56,10 @@ class AdaptiveThreads:
         self.steps = 0
         if enabled:
             torch.set_num_threads(self.chosen)
+
+    def close(self) -> None:
+        """Back to the thread count torch had before (what runs after training is not timed)."""
+        torch.set_num_threads(self.before)
 
     @property
     def other(self) -> int:

@@ -342,6 +342,7 @@ def _train(
         if step == stop_after:
             break
     bar.close()
+    threads.close()
     log.close()
     if world.is_main and step == cfg.train.iters:
         save_weights(model, run_dir / "final.safetensors", train_set.classes)
