@@ -108,7 +108,7 @@ def test_distillation_loss_adds_the_weighted_terms_and_keeps_the_teacher_frozen(
     assert all(torch.equal(v, teacher_before[k]) for k, v in loss_fn.teacher.state_dict().items())
     assert any(not torch.equal(v, critic_before[k]) for k, v in loss_fn.critic.state_dict().items())
     assert all(p.grad is not None for p in student.parameters() if p.requires_grad)
-    assert set(loss_fn.terms) == {"pixel", "pair", "holistic", "critic"}
+    assert set(loss_fn.terms) == {"task", "pixel", "pair", "holistic", "critic"}
 
 
 def test_distillation_options_are_checked(tmp_path):
