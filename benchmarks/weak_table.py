@@ -181,6 +181,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--no-write", action="store_true", help="do not write RESULTS.md")
+    parser.add_argument("--note", action="append", default=[],
+                        help="a line for the section about this run (repeatable)")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.data is None:
@@ -204,7 +206,7 @@ def main() -> None:
             path.write_text(json.dumps(results[row], indent=1))
         if row in results:
             print(row, json.dumps(results[row]), flush=True)
-    args.notes = NOTES
+    args.notes = [*args.note, *([""] if args.note else []), *NOTES]
     text = section(results, args)
     print(text)
     if not args.no_write:
