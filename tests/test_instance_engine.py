@@ -81,6 +81,7 @@ def _config(shapes, run_dir, iters, **train):
     cfg.data.root, cfg.run_dir = str(shapes), str(run_dir)
     cfg.data.batch_size = 2
     cfg.model.options = {"backbone": "resnet18", "width": 16, "min_size": 96, "max_size": 96}
+    cfg.optim.name, cfg.optim.momentum = "sgd", 0.9  # the shapes config's AdamW needs ~1e-3
     cfg.optim.lr, cfg.optim.warmup_iters, cfg.optim.milestones = 0.01, 2, [iters]
     cfg.train.iters, cfg.train.eval_every, cfg.train.log_every = iters, iters, 1
     cfg.train.checkpoint_every, cfg.train.threads, cfg.train.tensorboard = 2, 1, False

@@ -67,6 +67,8 @@ def _config(root: Path, run_dir: Path, *overrides: str):
             "data.batch_size=2",
             "data.hflip=false",
             "data.val_split=train",
+            "optim.name=sgd",
+            "optim.momentum=0.9",
             "optim.lr=0.01",
             "optim.warmup_iters=0",
             "optim.milestones=[10]",
