@@ -5,6 +5,7 @@ Every user mistake found here is a one-line SeglabError raised before anything i
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 import torch
@@ -105,6 +106,28 @@ def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype:
     if name not in ("bfloat16", "float16"):
         raise SeglabError(f"train.amp_dtype {name!r} is not one of: auto, bfloat16, float16")
     return getattr(torch, name)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU runs bf16 convolutions natively (AMX or AVX-512 BF16); elsewhere oneDNN
+    emulates them and bf16 autocast is slower than float32."""
+    return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+
+
+def amp_enabled(cfg: Config, device: torch.device) -> bool:
+    """`train.amp`, except that `amp_dtype: auto` on a CPU without native bf16 trains in float32
+    (with a one-line notice): a recipe that asks for speed must not get slower on a laptop.
+    An explicit `amp_dtype: bfloat16` is obeyed."""
+    if not cfg.train.amp or device.type != "cpu" or cfg.train.amp_dtype != "auto":
+        return cfg.train.amp
+    if cpu_has_bf16():
+        return True
+    print(
+        "seglab train: train.amp is off: this CPU has no native bf16 (AMX / AVX-512 BF16), where "
+        "bf16 autocast is slower than float32; set train.amp_dtype: bfloat16 to force it",
+        file=sys.stderr,
+    )
+    return False
 
 
 def memory_format(cfg: Config) -> torch.memory_format:

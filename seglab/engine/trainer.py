@@ -48,6 +48,7 @@ from seglab.engine.run_feedback import (
 from seglab.engine.run_log import RunLog, restart_run_dir
 from seglab.engine.run_setup import (
     amp_dtype,
+    amp_enabled,
     build_datasets,
     build_loader,
     build_loss,
@@ -113,7 +114,8 @@ class Trainer:
         self.optimizer = build_optimizer(model, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.train.iters)
         self.amp_dtype = amp_dtype(cfg, device)
-        fp16 = cfg.train.amp and self.amp_dtype == torch.float16
+        self.amp = amp_enabled(cfg, device)
+        fp16 = self.amp and self.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(device.type, enabled=fp16)
         self.memory_format = memory_format(cfg)
         self.batchnorms = [
@@ -192,7 +194,7 @@ class Trainer:
             last = micro == accumulate - 1
             sync = nullcontext() if last or not self.world.distributed else self.net.no_sync()
             with sync:
-                with torch.autocast(self.device.type, self.amp_dtype, enabled=cfg.train.amp):
+                with torch.autocast(self.device.type, self.amp_dtype, enabled=self.amp):
                     if self.instance:
                         losses = instance_losses(self.net, next_batch(batches), self.device)
                         for key, value in losses.items():
