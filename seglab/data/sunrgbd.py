@@ -252,4 +252,8 @@ class SUNRGBD(FolderDataset):
 
     @classmethod
     def available_splits(cls, root: str | Path) -> list[str]:
-        return ["train", "test"]
+        """train and test where `root` holds the release or its conversion, else none (so a
+        tree of another format is not taken for SUN RGB-D by `seglab data check`'s hint)."""
+        root = Path(root)
+        release = (root / FOLDER / "test.txt").is_file() or (root / "SUNRGBD").is_dir()
+        return ["train", "test"] if release else []

@@ -94,6 +94,9 @@ def boxes_mask(
 class WeakLabelDataset(FolderDataset):
     """A folder split whose masks are its scribbles, points or boxes as sparse labels."""
 
+    # Not a data.format of its own: the folder format's train split read through data.weak.
+    registry_exempt = "the folder format's train split with sparse labels (data.weak)"
+
     def __init__(self, root, split, transform=None, cache=False, layout=None,
                  kind: str = "scribbles", box_inner: float = 0.2) -> None:  # fmt: skip
         if kind not in TRAINABLE_KINDS:
