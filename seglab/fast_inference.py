@@ -32,7 +32,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from seglab.errors import SeglabError
+from seglab.errors import SeglabError, first_line
 from seglab.models.base import main_logits
 from seglab.nn.fold_batchnorm import count_batchnorms, fold_batchnorm, input_channels
 
@@ -120,7 +120,7 @@ class FastModel(nn.Module):
                     self.module.to(memory_format=torch.channels_last)
                     raise error from None  # not the layout: the input itself fails
                 self.channels_last = False
-                reason = str(error).strip().splitlines()[0] if str(error).strip() else "error"
+                reason = first_line(error, "error")
                 _notice(f"channels_last failed at {tuple(x.shape)} ({reason}); running contiguous")
                 return out
 
@@ -220,7 +220,7 @@ def _check_channels_last(module: nn.Module, size: int | None) -> str:
             got = main_logits(module(x.contiguous(memory_format=torch.channels_last)))
             diff = (got - expected).abs().max().item()
         except Exception as error:  # noqa: BLE001 - any failure means: stay contiguous
-            diff, why = None, str(error).strip().splitlines()[0] if str(error).strip() else "error"
+            diff, why = None, first_line(error, "error")
     if diff is not None and diff <= _LAYOUT_TOLERANCE * max(1.0, expected.abs().max().item()):
         return ""
     module.to(memory_format=torch.contiguous_format)

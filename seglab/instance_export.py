@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from seglab.atomic import write_bytes_atomically
-from seglab.errors import SeglabError
+from seglab.errors import SeglabError, first_line
 
 OUTPUTS = ("boxes", "labels", "scores", "masks")
 
@@ -58,7 +58,7 @@ def export_instance_onnx(
                 dynamic_axes={"image": {1: "height", 2: "width"}},
             )
     except Exception as error:  # any exporter failure: one line, nothing written
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = first_line(error)
         raise SeglabError(f"cannot export {name} to ONNX ({reason}); nothing was written") from None
     data = buffer.getvalue()
     options = onnxruntime.SessionOptions()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seglab.errors import SeglabError
+from seglab.errors import SeglabError, first_line
 
 
 @dataclass
@@ -130,7 +130,7 @@ def predict_instance_files(
             result.failed.append((path, str(error)))
             continue
         except RuntimeError as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else "no message"
+            reason = first_line(error, "no message")
             result.failed.append(
                 (path, f"{path}: cannot predict ({type(error).__name__}: {reason})")
             )

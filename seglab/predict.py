@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from seglab.config import InferenceConfig
-from seglab.errors import SeglabError
+from seglab.errors import SeglabError, first_line
 
 
 @dataclass
@@ -132,7 +132,7 @@ def predict_files(
             result.failed.append((path, str(error)))
             continue
         except RuntimeError as error:  # one odd image (1x1, out of memory) must not stop the rest
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else "no message"
+            reason = first_line(error, "no message")
             size = "x".join(str(side) for side in image.shape[:2])
             failure = f"{path}: cannot label this {size} image ({type(error).__name__}: {reason})"
             result.failed.append((path, failure))

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from seglab.atomic import write_atomically
-from seglab.errors import SeglabError
+from seglab.errors import SeglabError, first_line
 
 RESUME_KEYS = ("model", "optimizer", "scheduler", "scaler", "step", "best_miou", "rng")
 
@@ -80,7 +80,7 @@ def load_resume(path: str | Path) -> dict[str, Any]:
             "last.pt written by seglab"
         ) from None
     except Exception as error:  # a damaged file: say so instead of a zip/pickle traceback
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error)
         raise SeglabError(f"{path}: cannot read resume checkpoint ({first})") from None
     missing = [key for key in RESUME_KEYS if not isinstance(state, dict) or key not in state]
     if missing:
