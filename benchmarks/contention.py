@@ -2,7 +2,7 @@
 
 Tasks: one training step of the demo (configs/demo_shapes.yaml: its model, batch size, optimiser
 and precision, on random 64x64 images, through seglab's Trainer.run_step and the training
-loop's thread choice, seglab/engine/threads.py), one Segmenter prediction (its default variant)
+loop's thread choice, seglab/threads.py), one Segmenter prediction (its default variant)
 of a 375x500 image, one dense CRF of 21 classes on 375x500. The load is a plain busy loop
 (`python3 -c "while True: pass"`) that this script starts and kills. A fair share of two cores
 is 2x; the goal is <= 2.5x for each task, and seglab's idle time within 5 % of torch's default.
@@ -45,9 +45,9 @@ def training_step():
     from seglab.config import load_config
     from seglab.engine.distributed import World
     from seglab.engine.run_setup import memory_format
-    from seglab.engine.threads import AdaptiveThreads, adaptive_threads_enabled
     from seglab.engine.trainer import Trainer
     from seglab.models import create_model
+    from seglab.threads import AdaptiveThreads, adaptive_threads_enabled
 
     cfg = load_config(ROOT / "configs" / "demo_shapes.yaml", [])
     if cfg.train.threads:

@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 # The OpenMP wait policy stays torch's (libgomp spins ~300000 iterations at each barrier): on
 # a busy machine that spin makes 2 threads slower than 1, but OMP_WAIT_POLICY=PASSIVE (set here
-# before) cost the idle demo step 25-30 % (engine/threads.py has the measurements). The
+# before) cost the idle demo step 25-30 % (seglab/threads.py has the measurements). The
 # training loop picks 1 or all threads by measured step time instead; SEGLAB_OMP_DEFAULTS=0
 # turns that off (README: Speed).
 

@@ -10,6 +10,7 @@ import copy
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from time import perf_counter
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from seglab.errors import SeglabError
 from seglab.fast_inference import prepare_for_inference
 from seglab.models.base import SegmentationModel, main_logits, unwrap
 from seglab.nn import mirror_pad, resize_to
+from seglab.threads import AdaptiveThreads, adaptive_threads_enabled
 
 
 def _window_starts(size: int, window: int, stride: int) -> list[int]:
@@ -265,6 +267,9 @@ class Segmenter:
     `self.variant` describes the one chosen. `self.model` is the seglab model the runner
     runs (the BN-folded copy, not the model as given, which is left unchanged): the Segmenter
     holds one copy of the weights, so from_checkpoint's model memory is not doubled.
+    On the CPU, successive calls choose between torch's thread count and one thread by their
+    measured time per pixel (seglab/threads.py): beside another busy process one thread
+    is the faster; torch's own count is put back after every call.
     """
 
     def __init__(
@@ -293,6 +298,8 @@ class Segmenter:
         self.classes = classes
         self.inference = inference or InferenceConfig()
         self.crf = self.check_crf_preset(crf)
+        enabled = adaptive_threads_enabled(self.device) and backend == "torch"
+        self.threads = AdaptiveThreads(enabled=enabled)
 
     def with_options(self, inference: InferenceConfig, crf: str | None) -> Segmenter:
         """A Segmenter with other inference settings or CRF that shares this one's prepared
@@ -368,10 +375,7 @@ class Segmenter:
                 if depth_maps is not None:
                     depth = torch.stack([depth_maps[i] for i in chunk]).to(self.device)
                     inputs = torch.cat([inputs, normalize_depth(depth)[:, None]], dim=1)
-                with torch.inference_mode():
-                    probs = predict_probabilities(self.runner, inputs, self.inference)
-                    if self.crf:
-                        probs = self.refine_with_crf(probs, batch)
+                probs = self._timed_forward(inputs, batch)
                 for i, prob in zip(chunk, probs, strict=True):
                     results[i] = (
                         np.ascontiguousarray(prob.cpu().numpy())  # the CRF's are channels-last
@@ -379,6 +383,22 @@ class Segmenter:
                         else prob.argmax(0).to(torch.uint8).cpu().numpy()
                     )
         return results
+
+    def _timed_forward(self, inputs: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) normalised inputs, (B, 3, H, W) uint8 images -> (B, K, H, W)
+        probabilities (CRF-refined if asked), at the thread count self.threads chooses."""
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads.current)
+        started = perf_counter()
+        try:
+            with torch.inference_mode():
+                probs = predict_probabilities(self.runner, inputs, self.inference)
+                if self.crf:
+                    probs = self.refine_with_crf(probs, images)
+            self.threads.record((perf_counter() - started) / inputs[0, 0].numel())
+        finally:
+            torch.set_num_threads(before)
+        return probs
 
     def _depth_maps(self, tensors: list[torch.Tensor], depths) -> list[torch.Tensor] | None:
         if not self.takes_depth:

@@ -1,5 +1,5 @@
 """`import seglab` leaves libgomp's wait policy as torch has it (the training loop adapts its
-thread count instead, seglab/engine/threads.py), and a user's own policy is what libgomp reads.
+thread count instead, seglab/threads.py), and a user's own policy is what libgomp reads.
 
 libgomp reads the variables when torch is loaded; OMP_DISPLAY_ENV=VERBOSE makes it print what
 it read, and GOMP_SPINCOUNT is the observable difference: PASSIVE means 0 spins, libgomp's own

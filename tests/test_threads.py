@@ -1,4 +1,4 @@
-"""The training loop's thread choice (seglab/engine/threads.py) on made-up step times.
+"""The training loop's thread choice (seglab/threads.py) on made-up step times.
 
 The step times are a function of the thread count the code has set, as on the machine: idle, 2
 threads take 1.0 s and 1 thread 1.35 s (the demo's step); beside a busy process 2 threads take
@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seglab.engine.threads import AdaptiveThreads, adaptive_threads_enabled
+from seglab.threads import AdaptiveThreads, adaptive_threads_enabled
 
 IDLE = {2: 1.0, 1: 1.35}
 BUSY = {2: 3.2, 1: 1.9}
@@ -78,3 +78,37 @@ def test_close_puts_torchs_count_back():
     assert torch.get_num_threads() == 1
     chooser.close()
     assert torch.get_num_threads() == 2
+
+
+class _BusyClock:
+    """seglab.inference.perf_counter: every call to it advances by half the busy
+    machine's time at torch's current thread count (two calls bracket one prediction)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += BUSY[min(torch.get_num_threads(), 2)] / 2
+        return self.now
+
+
+def test_segmenter_calls_move_to_one_thread_when_busy_and_leave_torchs_count(monkeypatch):
+    import numpy as np
+
+    import seglab.inference
+    from seglab.inference import Segmenter
+    from seglab.models import create_model
+
+    torch.set_num_threads(2)
+    monkeypatch.delenv("SEGLAB_OMP_DEFAULTS", raising=False)
+    monkeypatch.setattr(seglab.inference, "perf_counter", _BusyClock())
+    model = create_model("unet", 3, 3, width=4, depth=2, padding="same", batch_norm=True)
+    segmenter = Segmenter(model, variant="eager")
+    image = np.zeros((16, 24, 3), np.uint8)
+    counts = []
+    for _ in range(20):
+        segmenter.predict(image)
+        counts.append(segmenter.threads.current)
+        assert torch.get_num_threads() == 2  # the caller's count, after every call
+    # 5 calls fill the window, the probe runs 4 at one thread (the first warms up), then stays
+    assert segmenter.threads.switches == [(9, 1)] and counts[9:] == [1] * 11

@@ -58,10 +58,10 @@ from seglab.engine.run_setup import (
     memory_format,
     next_batch,
 )
-from seglab.engine.threads import AdaptiveThreads, adaptive_threads_enabled
 from seglab.errors import SeglabError
 from seglab.losses_unet import border_weights_from_labels
 from seglab.models import SegmentationModel
+from seglab.threads import AdaptiveThreads, adaptive_threads_enabled
 from seglab.weights import load_state_checked, save_weights
 
 __all__ = ["Trainer", "build_datasets", "train"]
@@ -305,7 +305,7 @@ def _train(
         dynamic_ncols=True,
     )
     trainer.set_training_mode()
-    # 1 or all CPU threads, whichever steps faster now (engine/threads.py: busy machines)
+    # 1 or all CPU threads, whichever steps faster now (seglab/threads.py: busy machines)
     threads = AdaptiveThreads(enabled=adaptive_threads_enabled(device))
     tic, steps_timed = time.perf_counter(), 0
     while step < cfg.train.iters:

@@ -1,4 +1,4 @@
-"""The training loop's CPU thread count, chosen by measured step time while it runs.
+"""The CPU thread count of the training loop and of Segmenter calls, chosen by measured time.
 
 On an idle 2-core machine two torch threads are fastest (the demo's step: ~1.35x one thread).
 Beside one other CPU-bound process they are the slowest choice: every OpenMP barrier waits for
@@ -64,6 +64,11 @@ class AdaptiveThreads:
     @property
     def other(self) -> int:
         return 1 if self.chosen == self.most else self.most
+
+    @property
+    def current(self) -> int:
+        """The count the next step runs at: the probed one while probing."""
+        return self.other if self.probing else self.chosen
 
     def record(self, seconds: float) -> None:
         if self.most <= 1:
