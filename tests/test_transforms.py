@@ -95,6 +95,7 @@ GEOMETRIC = {
     "flip": ([None, None, True], {}),
     "rotate": ([None, None, False], {"rotate": 10}),
     "elastic": ([None, None, False], {"elastic": {"grid": 3, "sigma": 10}}),
+    "dihedral": ([None, None, True], {"dihedral": True}),
     "all": ([[56, 56], [0.75, 1.5], True], {"rotate": 10, "elastic": True}),
 }
 
@@ -127,6 +128,31 @@ def test_rotation_by_90_degrees_matches_rot90_and_10_degrees_ignores_the_corners
     _, r_mask = rotate_pair(tv_tensors.Image(image), tv_tensors.Mask(mask), 10.0)
     assert all(r_mask[y, x] == IGNORE_INDEX for y in (0, -1) for x in (0, -1))
     assert torch.equal(r_mask[14:18, 14:18], mask[14:18, 14:18])  # the centre stays
+
+
+def test_dihedral_draws_the_eight_symmetries_of_the_square_and_only_two_turns_otherwise():
+    from seglab.data.transforms import RandomDihedral
+
+    image, mask = palette_pair(h=32, w=32)
+    # the 8 symmetries written out: k quarter turns of the mask, each with or without a flip
+    expected = {
+        (torch.rot90(mask, k, dims=(0, 1)).flip(0) if flip else torch.rot90(mask, k, (0, 1)))
+        .numpy()
+        .tobytes()
+        for k in range(4)
+        for flip in (False, True)
+    }
+    seen = set()
+    for seed in range(64):
+        out_image, out_mask = run_steps([RandomDihedral()], image, mask, seed)
+        assert_aligned(out_image, out_mask)
+        seen.add(out_mask.numpy().tobytes())
+    assert seen == expected
+    wide_image, wide_mask = palette_pair(h=24, w=40)
+    shapes = {run_steps([RandomDihedral()], wide_image, wide_mask, s)[1].shape for s in range(16)}
+    assert shapes == {(24, 40)}
+    with pytest.raises(SeglabError, match="dihedral"):
+        train_steps(None, None, False, augment={"dihedral": 3})
 
 
 def test_elastic_with_zero_displacement_is_the_identity():

@@ -74,7 +74,9 @@ def declare_demo(parser: argparse.ArgumentParser) -> None:
         "--data", default="data/shapes", help="dataset folder (generated if absent)"
     )
     parser.add_argument("--out", default="runs/demo", help="run directory (replaced if a demo run)")
-    parser.add_argument("--train-images", type=int, default=2000)
+    parser.add_argument(
+        "--train-images", type=int, default=4000, help="scenes to generate for training"
+    )
     parser.add_argument("--val-images", type=int, default=200)
     parser.add_argument("--size", type=int, default=64, help="image side in pixels")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. train.iters=100")

@@ -108,6 +108,26 @@ def elastic_pair(image, mask, displacement: torch.Tensor, depth=None):
                    depth)  # fmt: skip
 
 
+class RandomDihedral(torch.nn.Module):
+    """One of the 8 symmetries of the square, uniformly: a rotation by 0, 90, 180 or 270
+    degrees, then a vertical flip or none. Exact (pixels are only moved), so image, mask and
+    depth need no interpolation or fill. For data whose classes do not depend on orientation
+    (top-down, microscopy, the shapes scenes); with hflip on it adds the rotations. A
+    non-square sample is only turned by 0 or 180 degrees, so that a batch keeps its shape."""
+
+    def forward(self, image, mask, depth=None):
+        turns = int(torch.randint(4, ()).item())
+        flip = bool(torch.randint(2, ()).item())
+        if image.shape[-2] != image.shape[-1]:
+            turns = 2 * (turns % 2)
+
+        def move(tensor):
+            moved = torch.rot90(tensor, turns, dims=(-2, -1))
+            return tv_tensors.wrap(moved.flip(-2) if flip else moved, like=tensor)
+
+        return _sample(move(image), move(mask), None if depth is None else move(depth))
+
+
 class ElasticDeformation(torch.nn.Module):
     """U-Net's elastic deformation: random displacements on a coarse grid x grid lattice,
     drawn from N(0, sigma^2) pixels, interpolated bicubically to every pixel."""
@@ -214,6 +234,7 @@ AUGMENT_KEYS = {
     "photometric": "true or {brightness: 32, contrast: [0.5, 1.5], saturation: [0.5, 1.5], "
     "hue: 18}",
     "blur": "probability, or {p: 0.5, sigma: [0.1, 2.0]}",
+    "dihedral": "true: random 90-degree turns and vertical flips (orientation-free data)",
 }
 """data.augment keys beyond crop/scale/flip, with the accepted values."""
 
@@ -265,6 +286,12 @@ def augment_steps(augment: dict[str, Any] | None) -> dict[str, torch.nn.Module]:
         if "photometric" in on:
             options = _options("photometric", on["photometric"], PhotometricDistortion)
             steps["photometric"] = PhotometricDistortion(**options)
+        if "dihedral" in on:
+            if on["dihedral"] is not True:
+                raise SeglabError(
+                    f"data.augment.dihedral={on['dihedral']!r}: {AUGMENT_KEYS['dihedral']}"
+                )
+            steps["dihedral"] = RandomDihedral()
         if "blur" in on:
             steps["blur"] = RandomGaussianBlur(
                 **_options("blur", on["blur"], RandomGaussianBlur, "p")
@@ -281,7 +308,7 @@ def train_steps(
     augment: dict[str, Any] | None = None,
 ) -> list[torch.nn.Module]:
     """The training chain before normalisation, in the papers' order: scale, rotate, elastic,
-    crop (padded: image 0, mask 255), flip, photometric, blur."""
+    crop (padded: image 0, mask 255), flip, dihedral, photometric, blur."""
     extra = augment_steps(augment)
     steps: list = []
     if scale_range:
@@ -292,7 +319,7 @@ def train_steps(
         steps.append(v2.RandomCrop(crop_size, pad_if_needed=True, fill=fill))
     if hflip:
         steps.append(v2.RandomHorizontalFlip())
-    steps += [extra[key] for key in ("photometric", "blur") if key in extra]
+    steps += [extra[key] for key in ("dihedral", "photometric", "blur") if key in extra]
     return steps
 
 
