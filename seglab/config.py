@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from seglab.errors import SeglabError
+from seglab.errors import SeglabError, first_line
 
 
 @dataclass
@@ -231,7 +231,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
-        raise SeglabError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+        raise SeglabError(f"{path}: not valid YAML ({first_line(error)})") from None
     if not isinstance(data, dict):
         raise SeglabError(f"{path}: a config file must be a mapping of sections")
     _resolve_paths(data, path.parent)

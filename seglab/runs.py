@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from seglab.config import Config, InferenceConfig, load_config
-from seglab.errors import SeglabError
+from seglab.errors import SeglabError, first_line
 
 RUN_WEIGHTS = "best.safetensors"
 RUN_CONFIG = "config.yaml"
@@ -86,7 +86,7 @@ def check_window(model, cfg: InferenceConfig) -> None:
     except torch.OutOfMemoryError:
         raise
     except RuntimeError as error:
-        reason = str(error).strip().splitlines()[0]
+        reason = first_line(error)
         raise SeglabError(
             f"--crop (inference.crop_size) {h}x{w} is too small a window for "
             f"{model.seglab_spec['name']} ({reason}); give a larger HxW, e.g. 512x512"

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from seglab.atomic import write_bytes_atomically, write_text_atomically
-from seglab.errors import SeglabError
+from seglab.errors import SeglabError, first_line
 from seglab.models import create_model, unwrap
 
 
@@ -64,7 +64,7 @@ def read_weights_meta(path: str | Path) -> dict[str, Any]:
     try:
         meta = yaml.safe_load(meta_path.read_text()) or {}
     except yaml.YAMLError as error:
-        first = str(error).splitlines()[0]
+        first = first_line(error)
         raise SeglabError(f"{meta_path}: not valid YAML ({first}); restore the file") from None
     if not isinstance(meta, dict) or "name" not in meta or "num_classes" not in meta:
         raise SeglabError(f"{meta_path}: not a seglab weights description (no model name)")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlparse
 
-from seglab.errors import SeglabError
+from seglab.errors import SeglabError, first_line
 
 T = TypeVar("T")
 HF_HOST = "huggingface.co"
@@ -70,7 +70,7 @@ def fetch_pretrained(what: str, host: str, cached: bool, fetch: Callable[[], T])
     try:
         return fetch()
     except network_errors() as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = first_line(error)
         raise SeglabError(
             f"cannot download the pretrained weights {what} ({reason}); " + _fix(what)
         ) from None

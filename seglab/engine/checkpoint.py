@@ -73,7 +73,7 @@ def load_resume(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0]
+        first = first_line(error)
         raise SeglabError(
             f"{path}: refused: it holds pickled objects, not only tensors and plain values "
             f"({first}); seglab does not run code from a checkpoint: delete it or use a "
