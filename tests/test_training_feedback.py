@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 import yaml
@@ -158,3 +159,15 @@ def test_curves_are_drawn_from_the_log_and_rewritten_at_each_evaluation(tiny_con
     train(tiny_config(), resume=True, progress=False)
     second = np.asarray(Image.open(run / "curves.png"))
     assert first.shape == second.shape and not np.array_equal(first, second)
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_the_summary_names_the_autocast_that_runs_not_the_one_asked_for(
+    tiny_config, monkeypatch, native_bf16
+):
+    import seglab.engine.run_setup
+
+    monkeypatch.setattr(seglab.engine.run_setup, "cpu_has_bf16", lambda: native_bf16)
+    run = train(tiny_config("train.threads=1", "train.iters=1", "train.amp=true"), progress=False)
+    device_line = next(line for line in _log_lines(run) if "device: cpu" in line)
+    assert device_line.endswith("1 process(es), amp bfloat16" if native_bf16 else "1 process(es)")

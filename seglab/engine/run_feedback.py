@@ -64,8 +64,12 @@ def _short_list(names, limit: int = 12) -> str:
     return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
-def startup_summary(cfg, model, train_set, val_set, device, world, run_dir: Path) -> str:
-    """What is about to be trained, on what, where: the first lines of every run."""
+def startup_summary(
+    cfg, model, train_set, val_set, device, world, run_dir: Path, amp: torch.dtype | None = None
+) -> str:
+    """What is about to be trained, on what, where: the first lines of every run. `amp`: the
+    autocast dtype the training steps use (None: off, also where amp was asked for but the
+    CPU has no native bf16)."""
     from seglab.models import count_parameters
 
     options = ", ".join(f"{k}={v}" for k, v in cfg.model.options.items())
@@ -83,7 +87,7 @@ def startup_summary(cfg, model, train_set, val_set, device, world, run_dir: Path
             f"({cfg.data.train_split}), {len(val_set)} val images ({cfg.data.val_split}), "
             f"batch {cfg.data.batch_size}" + (f", crop {crop[0]}x{crop[1]}" if crop else ""),
             f"device: {device}, {threads} CPU thread(s), {world.size} process(es)"
-            + (f", amp {cfg.train.amp_dtype}" if cfg.train.amp else ""),
+            + (f", amp {str(amp).removeprefix('torch.')}" if amp is not None else ""),
             f"schedule: {cfg.train.iters} steps, evaluating every {cfg.train.eval_every}, "
             f"checkpoint every {cfg.train.checkpoint_every}",
             f"run dir: {Path(run_dir).resolve()}",

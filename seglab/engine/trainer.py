@@ -283,7 +283,8 @@ def _train(
     log = RunLog(cfg, run_dir, world.is_main)
     # The console's lines, also in train.log: what runs where, and from which step.
     console = Console(run_dir, world.is_main, progress)
-    console.say(step, startup_summary(cfg, model, train_set, val_set, device, world, run_dir))
+    amp = trainer.amp_dtype if trainer.amp else None
+    console.say(step, startup_summary(cfg, model, train_set, val_set, device, world, run_dir, amp))
     best_step = read_best_step(run_dir) if checkpointed else None
     if checkpointed:
         console.say(step, f"resumed from step {step} ({resume_path})")
