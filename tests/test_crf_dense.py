@@ -208,14 +208,14 @@ def test_default_precision_is_float16_only_for_a_lattice_larger_than_half_the_pi
     probabilities = torch.softmax(torch.randn(1, 4, 40, 50, generator=g), 1)
     noise = torch.randint(0, 256, (1, 3, 40, 50), generator=g, dtype=torch.uint8)
     flat = torch.full((1, 3, 40, 50), 128, dtype=torch.uint8)
+    # The PyTorch path's choice (the native kernel is float32 throughout).
+    options = {"preset": "pydensecrf", "backend": "torch"}
     for image, chosen in ((noise, torch.float16), (flat, torch.float32)):
-        auto = dense_crf(probabilities, image, preset="pydensecrf")
-        explicit = dense_crf(probabilities, image, preset="pydensecrf", vertex_dtype=chosen)
+        auto = dense_crf(probabilities, image, **options)
+        explicit = dense_crf(probabilities, image, vertex_dtype=chosen, **options)
         other = torch.float32 if chosen == torch.float16 else torch.float16
         assert torch.equal(auto, explicit)
-        assert not torch.equal(
-            auto, dense_crf(probabilities, image, preset="pydensecrf", vertex_dtype=other)
-        )
+        assert not torch.equal(auto, dense_crf(probabilities, image, vertex_dtype=other, **options))
 
 
 def test_output_is_channels_last_marginals():

@@ -1,0 +1,901 @@
+// Dense CRF mean field (Kraehenbuehl, Koltun, NIPS 2011) on the permutohedral lattice (Adams,
+// Baek, Davis, Eurographics 2010), fused into one C++ function. seglab/crf/native.py compiles
+// it on first use with the system compiler (no torch headers) and calls it through ctypes;
+// seglab/crf/dense.py is the PyTorch path it must agree with (same lattice, same base-2
+// energies, same unary), and the fallback.
+//
+// What makes it faster than the PyTorch path and densecrf:
+// - one pass over the pixels per iteration: slice both lattices, update Q (softmax), splat Q
+//   for the next iteration while it is still in registers; the class dimension is contiguous
+//   and padded to a multiple of 4 (KP), the loops fixed-size (templated) so they vectorise;
+// - both kernels' messages in that one pass; their weights and normalisations folded into the
+//   per-pixel barycentric weights once;
+// - a hash table of 64-bit vertex codes for the build, which reuses the previous pixel's
+//   vertices when it falls into the same simplex (flat regions);
+// - threads: std::thread + std::barrier per call (futex waits after a short spin, so a busy
+//   machine is not spun on); the splat of each thread goes to its own vertex buffer, summed
+//   by the first blur step, so the result does not depend on scheduling.
+#include <algorithm>
+#include <ctime>
+#include <cstdio>
+#include <cstdlib>
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <new>
+#include <thread>
+#include <utility>
+#include <vector>
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+namespace {
+
+constexpr float LOG2_E = 1.4426950408889634f;
+constexpr float UNARY_CAP = 80.0f;          // as dense.py: no cost above 80 bits
+constexpr float PROBABILITY_FLOOR = 1e-5f;  // as dense.py and pydensecrf's unary_from_softmax
+constexpr float PAD_COST = 1e30f;           // padded classes: never the max, exp2 -> 0
+constexpr int MAX_KP = 512;
+constexpr uint64_t EMPTY = ~uint64_t(0);
+
+// Denormals slow every product ~100x on x86; tiny probabilities must not produce them.
+struct FlushDenormals {
+#if defined(__x86_64__) || defined(__i386__)
+    unsigned saved = _mm_getcsr();
+    FlushDenormals() { _mm_setcsr(saved | 0x8040); }
+    ~FlushDenormals() { _mm_setcsr(saved); }
+#endif
+};
+
+inline float bits_to_float(int32_t i) {
+    float f;
+    std::memcpy(&f, &i, 4);
+    return f;
+}
+inline int32_t float_to_bits(float f) {
+    int32_t i;
+    std::memcpy(&i, &f, 4);
+    return i;
+}
+
+// 2^x for x <= 0 (clamped at -126, the smallest normal), relative error ~1e-7: x = n + f with
+// |f| <= 1/2, 2^f by its Taylor series to degree 6. Branch-free, so the loops vectorise.
+inline float exp2_neg(float x) {
+    x = x < -126.0f ? -126.0f : x;
+    const float n = std::nearbyint(x);
+    const float f = x - n;
+    float p = 1.5403530393381609e-4f;
+    p = p * f + 1.3333558146428443e-3f;
+    p = p * f + 9.6181291076284772e-3f;
+    p = p * f + 5.5504108664821580e-2f;
+    p = p * f + 2.4022650695910071e-1f;
+    p = p * f + 6.9314718055994531e-1f;
+    p = p * f + 1.0f;
+    return p * bits_to_float((static_cast<int32_t>(n) + 127) << 23);
+}
+
+// log2(x) for normal x > 0: x = m 2^e with m in [sqrt(1/2), sqrt(2)), log m by the atanh
+// series in t = (m - 1) / (m + 1), |t| < 0.172, to t^9 (error ~3e-10).
+inline float log2_pos(float x) {
+    int32_t bits = float_to_bits(x);
+    int32_t e = ((bits >> 23) & 0xff) - 127;
+    float m = bits_to_float((bits & 0x007fffff) | 0x3f800000);  // [1, 2)
+    const bool high = m > 1.41421356f;
+    m = high ? 0.5f * m : m;
+    e += high ? 1 : 0;
+    const float t = (m - 1.0f) / (m + 1.0f);
+    const float t2 = t * t;
+    float s = 1.0f / 9.0f;
+    s = s * t2 + 1.0f / 7.0f;
+    s = s * t2 + 1.0f / 5.0f;
+    s = s * t2 + 1.0f / 3.0f;
+    s = s * t2 + 1.0f;
+    return static_cast<float>(e) + 2.0f * LOG2_E * t * s;
+}
+
+// SEGLAB_CRF_PROFILE=1 prints each phase's CPU time on thread 0 to stderr.
+inline double thread_ms() {
+    static const bool wall = std::getenv("SEGLAB_CRF_PROFILE") && std::getenv("SEGLAB_CRF_PROFILE")[0] == 'w';
+    timespec now;
+    clock_gettime(wall ? CLOCK_MONOTONIC : CLOCK_THREAD_CPUTIME_ID, &now);
+    return now.tv_sec * 1e3 + now.tv_nsec * 1e-6;
+}
+struct Clock {
+    bool on = std::getenv("SEGLAB_CRF_PROFILE") != nullptr;
+    double last = thread_ms();
+    void lap(const char* what) {
+        if (!on) return;
+        const double now = thread_ms();
+        std::fprintf(stderr, "  %-14s %8.2f ms\n", what, now - last);
+        last = now;
+    }
+};
+
+inline std::pair<int64_t, int64_t> share(int64_t n, int t, int T) {
+    return {n * t / T, n * (t + 1) / T};
+}
+
+// Runs body(t) on T threads (t = 0 here); exceptions are caught per thread and reported.
+template <class Body>
+bool run_threads(int T, Body&& body) {
+    std::vector<char> failed(T, 0);
+    auto guarded = [&](int t) {
+        FlushDenormals flush;
+        try {
+            body(t);
+        } catch (...) {
+            failed[t] = 1;
+        }
+    };
+    std::vector<std::thread> pool;
+    try {
+        for (int t = 1; t < T; ++t) pool.emplace_back(guarded, t);
+    } catch (...) {
+        for (auto& thread : pool) thread.join();
+        return false;
+    }
+    guarded(0);
+    for (auto& thread : pool) thread.join();
+    return std::find(failed.begin(), failed.end(), 1) == failed.end();
+}
+
+// Open addressing with linear probing on 64-bit codes; values are vertex numbers in the order
+// of first insertion (pixel order, which keeps splat and slice accesses local).
+struct HashTable {
+    struct Slot {
+        uint64_t key;
+        int32_t value;
+    };
+    std::vector<Slot> slots;      // key and value side by side: one cache miss per probe
+    std::vector<uint64_t> codes;  // codes[v]: the code of vertex v
+    int shift = 0;
+    uint64_t mask = 0;
+
+    void reset(int64_t expected) {
+        int bits = 10;
+        while ((int64_t(1) << bits) < 2 * expected) ++bits;
+        codes.clear();
+        codes.reserve(expected);
+        resize(bits);
+    }
+    void resize(int bits) {
+        shift = 64 - bits;
+        mask = (uint64_t(1) << bits) - 1;
+        slots.assign(mask + 1, Slot{EMPTY, -1});
+        for (size_t v = 0; v < codes.size(); ++v) {
+            uint64_t i = slot(codes[v]);
+            while (slots[i].key != EMPTY) i = (i + 1) & mask;
+            slots[i] = Slot{codes[v], int32_t(v)};
+        }
+    }
+    uint64_t slot(uint64_t code) const { return (code * 0x9E3779B97F4A7C15ull) >> shift; }
+    int32_t insert(uint64_t code) {
+        uint64_t i = slot(code);
+        while (true) {
+            if (slots[i].key == code) return slots[i].value;
+            if (slots[i].key == EMPTY) break;
+            i = (i + 1) & mask;
+        }
+        const int32_t v = int32_t(codes.size());
+        slots[i] = Slot{code, v};
+        codes.push_back(code);
+        if (2 * codes.size() > mask + 1) resize(64 - shift + 1);
+        return v;
+    }
+    int32_t find(uint64_t code) const {
+        uint64_t i = slot(code);
+        while (true) {
+            if (slots[i].key == code) return slots[i].value;
+            if (slots[i].key == EMPTY) return -1;
+            i = (i + 1) & mask;
+        }
+    }
+};
+
+// A large array, uninitialised, in transparent huge pages where the kernel offers them: a
+// fresh 4 KiB page costs a fault, and the vertex buffers of a noisy image span ~100 MB.
+template <class T>
+struct Array {
+    T* data = nullptr;
+    size_t size = 0;
+    Array() = default;
+    explicit Array(size_t n) { resize(n); }
+    Array(const Array&) = delete;
+    Array& operator=(const Array&) = delete;
+    Array(Array&& other) noexcept : data(other.data), size(other.size) { other.data = nullptr; }
+    Array& operator=(Array&& other) noexcept {
+        std::swap(data, other.data);
+        std::swap(size, other.size);
+        return *this;
+    }
+    ~Array() { std::free(data); }
+    void resize(size_t n) {
+        std::free(data);
+        size = n;
+        constexpr size_t huge = size_t(1) << 21;
+        const size_t bytes = std::max<size_t>(n * sizeof(T), 64);
+        const size_t alignment = bytes >= huge ? huge : 64;
+        data = static_cast<T*>(std::aligned_alloc(alignment, (bytes + alignment - 1) / alignment * alignment));
+        if (!data) throw std::bad_alloc();
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+        if (bytes >= huge) madvise(data, bytes, MADV_HUGEPAGE);
+#endif
+    }
+    void zero() { std::memset(data, 0, size * sizeof(T)); }
+    T& operator[](size_t i) { return data[i]; }
+    const T& operator[](size_t i) const { return data[i]; }
+};
+
+// One Gaussian kernel's lattice over the N pixels.
+struct Lattice {
+    int d = 0, d1 = 0;
+    float feature_scale[5] = {};  // 1 / theta of each feature (x, y[, r, g, b])
+    float constant = 0;           // weight * alpha * log2 e: the slice's base-2 scale
+    int64_t M = 0;                // vertices; row M of every vertex buffer is zero
+    Array<int32_t> rem0;          // (N, d1) build scratch
+    Array<int8_t> rank;           // (N, d1) build scratch
+    Array<int32_t> offset;        // (N, d1) vertex of each corner
+    Array<float> weight;          // (N, d1) barycentric weight, times D^-1/2 after normalise
+    std::vector<int32_t> n1, n2;  // (d1, M) neighbours along each direction (M: none)
+    std::vector<int64_t> low;     // code layout: per-coordinate minimum minus a margin
+    std::vector<uint64_t> stride;
+    std::vector<int32_t> min_rem0, max_rem0;  // (T, d) per-thread ranges of rem0
+    HashTable table;                          // code -> vertex, during the build
+};
+
+// Elevation, enclosing simplex, barycentric weights of pixels p0..p1 (densecrf's
+// Permutohedral::init, written as dense.py's lattice.py computes it).
+template <int D>
+void embed(Lattice& L, const uint8_t* image, int64_t N, int width, int64_t p0, int64_t p1, int t) {
+    constexpr int D1 = D + 1;
+    const float inv_std_dev = std::sqrt(2.0 / 3.0) * D1;
+    float scale[D];
+    for (int i = 0; i < D; ++i) scale[i] = float(inv_std_dev / std::sqrt(double((i + 1) * (i + 2))));
+    // Local ranges, stored once at the end: the threads' slots share a cache line.
+    int32_t lo[D], hi[D];
+    for (int i = 0; i < D; ++i) lo[i] = INT32_MAX, hi[i] = INT32_MIN;
+    int64_t x = p0 % width, y = p0 / width;
+    for (int64_t p = p0; p < p1; ++p, ++x) {
+        if (x == width) x = 0, ++y;
+        float f[D];
+        f[0] = float(x) / L.feature_scale[0];
+        f[1] = float(y) / L.feature_scale[1];
+        for (int c = 2; c < D; ++c) f[c] = float(image[(c - 2) * N + p]) / L.feature_scale[c];
+        float elevated[D1];
+        float sm = 0;
+        for (int j = D; j > 0; --j) {
+            const float cf = f[j - 1] * scale[j - 1];
+            elevated[j] = sm - j * cf;
+            sm += cf;
+        }
+        elevated[0] = sm;
+        int rem0[D1];
+        int sum = 0;
+        for (int i = 0; i < D1; ++i) {
+            const float v = elevated[i] * (1.0f / D1);
+            const float up = std::ceil(v) * D1, down = std::floor(v) * D1;
+            rem0[i] = int(up - elevated[i] < elevated[i] - down ? up : down);
+            sum += rem0[i] / D1;
+        }
+        int rank[D1] = {};
+        for (int i = 0; i < D; ++i) {
+            const float di = elevated[i] - rem0[i];
+            for (int j = i + 1; j < D1; ++j) {  // branch-free: the outcomes are random
+                const int j_first = di < elevated[j] - rem0[j];
+                rank[i] += j_first;
+                rank[j] += 1 - j_first;
+            }
+        }
+        for (int i = 0; i < D1; ++i) {
+            rank[i] += sum;
+            if (rank[i] < 0) {
+                rank[i] += D1;
+                rem0[i] += D1;
+            } else if (rank[i] > D) {
+                rank[i] -= D1;
+                rem0[i] -= D1;
+            }
+        }
+        float bary[D1 + 1] = {};
+        for (int i = 0; i < D1; ++i) {
+            const float v = (elevated[i] - rem0[i]) * (1.0f / D1);
+            bary[D - rank[i]] += v;
+            bary[D - rank[i] + 1] -= v;
+        }
+        bary[0] += 1.0f + bary[D1];
+        for (int i = 0; i < D1; ++i) {
+            L.rem0[p * D1 + i] = rem0[i];
+            L.rank[p * D1 + i] = int8_t(rank[i]);
+            L.weight[p * D1 + i] = bary[i];
+        }
+        for (int i = 0; i < D; ++i) lo[i] = std::min(lo[i], rem0[i]), hi[i] = std::max(hi[i], rem0[i]);
+    }
+    for (int i = 0; i < D; ++i) L.min_rem0[size_t(t) * D + i] = lo[i], L.max_rem0[size_t(t) * D + i] = hi[i];
+}
+
+// The mixed-radix code layout: a margin of 2 d1 on every coordinate covers the corners and the
+// +-d steps to neighbours, so a neighbour's code never aliases another vertex. False: too large.
+bool layout(Lattice& L, int T) {
+    const int d = L.d;
+    L.low.assign(d, 0);
+    L.stride.assign(L.d1, 0);  // stride[d] = 0: the last coordinate is implied by sum = 0
+    std::vector<int64_t> span(d);
+    double total = 1;
+    for (int i = 0; i < d; ++i) {
+        int64_t lo = INT32_MAX, hi = INT32_MIN;
+        for (int t = 0; t < T; ++t) {
+            lo = std::min<int64_t>(lo, L.min_rem0[t * d + i]);
+            hi = std::max<int64_t>(hi, L.max_rem0[t * d + i]);
+        }
+        L.low[i] = lo - 2 * L.d1;
+        span[i] = hi - L.low[i] + 2 * L.d1 + 1;
+        total *= double(span[i]);
+    }
+    if (total >= 9.0e18) return false;
+    L.stride[d - 1] = 1;
+    for (int i = d - 2; i >= 0; --i) L.stride[i] = L.stride[i + 1] * uint64_t(span[i + 1]);
+    return true;
+}
+
+// Vertex numbers of every pixel's corners; a pixel in the previous pixel's simplex reuses them.
+void insert_vertices(Lattice& L, int64_t N) {
+    const int d = L.d, d1 = L.d1;
+    HashTable& table = L.table;
+    table.reset(std::max<int64_t>(1024, N / 2));
+    uint64_t sum_stride = 0;
+    for (int i = 0; i < d; ++i) sum_stride += L.stride[i];
+    uint64_t by_rank[8];
+    for (int64_t p = 0; p < N; ++p) {
+        const int32_t* rem0 = &L.rem0[p * d1];
+        const int8_t* rank = &L.rank[p * d1];
+        if (p > 0 && std::memcmp(rem0, rem0 - d1, 4 * d1) == 0 &&
+            std::memcmp(rank, rank - d1, d1) == 0) {
+            std::memcpy(&L.offset[p * d1], &L.offset[(p - 1) * d1], 4 * d1);
+            continue;
+        }
+        // Vertex r is rem0 + r - d1 [rank > d - r] in each coordinate; vertex r + 1 is vertex r
+        // plus 1 everywhere, minus d1 in the coordinate of rank d - r.
+        uint64_t code = 0;
+        for (int i = 0; i < d1; ++i) by_rank[rank[i]] = L.stride[i];
+        for (int i = 0; i < d; ++i) code += uint64_t(rem0[i] - L.low[i]) * L.stride[i];
+        for (int r = 0; r < d1; ++r) {
+            if (r > 0) code += sum_stride - d1 * by_rank[d - r + 1];
+            L.offset[p * d1 + r] = table.insert(code);
+        }
+    }
+    L.M = int64_t(table.codes.size());
+    L.n1.assign(size_t(d1) * L.M, int32_t(L.M));
+    L.n2.assign(size_t(d1) * L.M, int32_t(L.M));
+    L.rem0.resize(0);
+    L.rank.resize(0);
+}
+
+// Neighbours of vertices v0..v1 (read-only look-ups, so threads split the vertices): along
+// direction j, key - 1 everywhere except key[j] + d (n1), and the mirror (n2); the code is
+// linear in the key, so n1 is one constant offset, and a is b's n2 exactly when b is a's n1.
+void find_neighbours(Lattice& L, int64_t v0, int64_t v1) {
+    uint64_t sum_stride = 0;
+    for (int i = 0; i < L.d; ++i) sum_stride += L.stride[i];
+    const HashTable& table = L.table;
+    for (int j = 0; j < L.d1; ++j) {
+        const uint64_t delta = L.d1 * L.stride[j] - sum_stride;
+        int32_t* n1 = &L.n1[size_t(j) * L.M];
+        int32_t* n2 = &L.n2[size_t(j) * L.M];
+        for (int64_t v = v0; v < v1; ++v) {
+            const int32_t found = table.find(table.codes[v] + delta);
+            if (found >= 0) {
+                n1[v] = found;
+                n2[found] = int32_t(v);
+            }
+        }
+    }
+}
+
+// D^-1/2 with D = F 1 (densecrf's NORMALIZE_SYMMETRIC), folded into the barycentric weights.
+void normalise(Lattice& L, int64_t N) {
+    const int d1 = L.d1;
+    std::vector<float> a(L.M + 1, 0.0f), b(L.M + 1, 0.0f);
+    for (int64_t i = 0; i < N * d1; ++i) a[L.offset[i]] += L.weight[i];
+    for (int j = 0; j < d1; ++j) {
+        const int32_t* n1 = &L.n1[size_t(j) * L.M];
+        const int32_t* n2 = &L.n2[size_t(j) * L.M];
+        for (int64_t v = 0; v < L.M; ++v) b[v] = a[v] + 0.5f * (a[n1[v]] + a[n2[v]]);
+        std::swap(a, b);
+    }
+    const float alpha = 1.0f / (1.0f + std::pow(2.0f, -float(L.d)));
+    for (int64_t p = 0; p < N; ++p) {
+        float total = 0;
+        for (int r = 0; r < d1; ++r) total += L.weight[p * d1 + r] * a[L.offset[p * d1 + r]];
+        const float norm = 1.0f / std::sqrt(alpha * total + 1e-20f);
+        for (int r = 0; r < d1; ++r) L.weight[p * d1 + r] *= norm;
+    }
+}
+
+struct Job {
+    int64_t N = 0;
+    int K = 0, KP = 0, T = 1, iterations = 0;
+    std::vector<Lattice*> lattices;
+    Array<float> unary;        // (N, KP) base-2 costs, each row's minimum 0, pads PAD_COST
+    Array<float> q0;           // (N, KP) the starting Q
+    std::vector<float> mask;   // (KP): 1 for a class, 0 for a pad
+    std::vector<float> compatibility_rows;  // (K, KP): the (K, K) base-2 cost, padded
+    const float* compatibility = nullptr;  // its data, or null (Potts)
+    float* out = nullptr;                  // (N, K)
+    // Per lattice: two sets of T splat buffers, each (M + 1, KP) with row M zero. An
+    // iteration's pixel pass splats into set s, thread t into buffer t; the threads' buffers
+    // are summed into buffer 0, which is blurred in place and sliced by the next pass while
+    // it splats into set 1 - s.
+    std::vector<std::vector<Array<float>>> sets[2];
+    std::vector<Array<float>> scratch;  // per lattice: (max active, KP) for the blur
+};
+
+// The unary of dense.py's _unary_rows, from scores (K, N), and the starting Q, for pixels
+// p0..p1, a block at a time: per class, the block's pixels are contiguous in scores, so the
+// arithmetic runs along pixels (vectorised); the block is then transposed into rows.
+void prepare_unary(Job& job, const float* scores, bool logits, int64_t p0, int64_t p1) {
+    constexpr int B = 64;
+    const int K = job.K, KP = job.KP;
+    const int64_t N = job.N;
+    alignas(64) float best[B], total[B], u[B], q[B];
+    for (int64_t b0 = p0; b0 < p1; b0 += B) {
+        const int n = int(std::min<int64_t>(B, p1 - b0));
+        for (int i = 0; i < n; ++i) best[i] = scores[b0 + i], total[i] = 0.0f;
+        for (int k = 1; k < K; ++k)
+            for (int i = 0; i < n; ++i) best[i] = std::max(best[i], scores[k * N + b0 + i]);
+        if (!logits)
+            for (int i = 0; i < n; ++i) best[i] = std::clamp(best[i], PROBABILITY_FLOOR, 1.0f);
+        for (int k = 0; k < K; ++k) {
+            const float* s = scores + k * N + b0;
+            if (logits) {
+                for (int i = 0; i < n; ++i) {
+                    u[i] = std::min((best[i] - s[i]) * LOG2_E, UNARY_CAP);
+                    q[i] = exp2_neg(-u[i]);
+                }
+            } else {
+                for (int i = 0; i < n; ++i) {
+                    q[i] = std::clamp(s[i], PROBABILITY_FLOOR, 1.0f) / best[i];
+                    u[i] = -log2_pos(q[i]);
+                }
+            }
+            for (int i = 0; i < n; ++i) {
+                total[i] += q[i];
+                job.unary[(b0 + i) * KP + k] = u[i];
+                job.q0[(b0 + i) * KP + k] = q[i];
+            }
+        }
+        for (int i = 0; i < n; ++i) {
+            float* row_u = &job.unary[(b0 + i) * KP];
+            float* row_q = &job.q0[(b0 + i) * KP];
+            const float scale = 1.0f / total[i];
+            for (int k = 0; k < K; ++k) row_q[k] *= scale;
+            for (int k = K; k < KP; ++k) row_u[k] = PAD_COST, row_q[k] = 0.0f;
+        }
+    }
+}
+
+// Vectors of the class dimension (GCC/Clang vector extensions, lowered to the machine's SIMD):
+// 8 lanes when KP is a multiple of 8, else 4. KPT = 0 is the generic, runtime-KP version.
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+typedef float v4f __attribute__((vector_size(16)));
+typedef int32_t v4i __attribute__((vector_size(16)));
+template <int W> struct VectorOf;
+template <> struct VectorOf<8> { using F = v8f; using I = v8i; };
+template <> struct VectorOf<4> { using F = v4f; using I = v4i; };
+template <int KPT> constexpr int lanes = KPT > 0 && KPT % 8 == 0 ? 8 : 4;
+
+template <class V> inline V load(const float* p) {
+    V v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+template <class V> inline void store(float* p, V v) { std::memcpy(p, &v, sizeof v); }
+template <class V> inline V splat_value(float x) { return V{} + x; }
+
+// exp2_neg on a vector: rounding by the 1.5 2^23 trick (round to nearest, as nearbyint).
+template <class V, class I> inline V exp2_neg_v(V x) {
+    x = x < -126.0f ? V{} - 126.0f : x;
+    const V n = (x + 12582912.0f) - 12582912.0f;
+    const V f = x - n;
+    V p = V{} + 1.5403530393381609e-4f;
+    p = p * f + 1.3333558146428443e-3f;
+    p = p * f + 9.6181291076284772e-3f;
+    p = p * f + 5.5504108664821580e-2f;
+    p = p * f + 2.4022650695910071e-1f;
+    p = p * f + 6.9314718055994531e-1f;
+    p = p * f + 1.0f;
+    const I e = (__builtin_convertvector(n, I) + 127) << 23;
+    V scale;
+    std::memcpy(&scale, &e, sizeof scale);
+    return p * scale;
+}
+
+// The buffer lattice l's blur step j reads: buffer 0 of set `from` at even steps, the
+// scratch buffer at odd ones (and writes the other); the slice reads where step d1 - 1 wrote.
+inline float* blur_source(Job& job, size_t l, int from, int j) {
+    return j % 2 == 0 ? job.sets[from][l][0].data : job.scratch[l].data;
+}
+
+// One pass over pixels p0..p1: slice (unless first), update Q, then splat it into this
+// thread's buffers or (last) write it out.
+template <int KPT>
+void pixel_pass(Job& job, int t, int64_t p0, int64_t p1, int from, bool first, bool last) {
+    constexpr int W = lanes<KPT>;
+    using V = typename VectorOf<W>::F;
+    using I = typename VectorOf<W>::I;
+    const int KP = KPT ? KPT : job.KP;
+    const int C = KP / W;
+    constexpr int CMAX = KPT ? KPT / W : MAX_KP / W;
+    const int K = job.K;
+    const size_t n_lattices = job.lattices.size();
+    V q[CMAX], message[CMAX], part[CMAX], mask[CMAX];
+    const float* q0 = job.q0.data;
+    const float* sliced[2] = {};
+    float* splat[2] = {};
+    for (size_t l = 0; l < n_lattices; ++l) {
+        sliced[l] = blur_source(job, l, from, job.lattices[l]->d1);
+        splat[l] = job.sets[1 - from][l][t].data;
+    }
+    // Pixels go in blocks: first every pixel's update (independent of one another, so the
+    // processor overlaps them), then the block's splat (consecutive pixels of a flat region
+    // add into the same rows). The rows of the next block are prefetched: on a textured image
+    // a pixel's appearance-lattice vertices are scattered over a buffer larger than the cache.
+    constexpr int BLOCK = 16;
+    alignas(64) float block_q[BLOCK * (KPT ? KPT : MAX_KP)];
+    for (int c = 0; c < C; ++c) mask[c] = load<V>(&job.mask[c * W]);
+    for (int64_t b0 = p0; b0 < p1; b0 += BLOCK) {
+        const int n = int(std::min<int64_t>(BLOCK, p1 - b0));
+        for (int i = 0; i < n; ++i) {
+            const int64_t p = b0 + i;
+            const float* u = &job.unary[p * KP];
+            if (p + BLOCK < p1) {
+                for (size_t l = 0; l < n_lattices; ++l) {
+                    const Lattice& L = *job.lattices[l];
+                    const int32_t* ahead = &L.offset[(p + BLOCK) * L.d1];
+                    for (int r = 0; r < L.d1; ++r) {
+                        const size_t row = size_t(ahead[r]) * KP;
+                        for (int c = 0; c < KP; c += 16) {
+                            if (!first) __builtin_prefetch(sliced[l] + row + c, 0);
+                            if (!last) __builtin_prefetch(splat[l] + row + c, 1);
+                        }
+                    }
+                }
+            }
+            if (first) {
+                for (int c = 0; c < C; ++c) q[c] = load<V>(&q0[p * KP + c * W]);
+            } else {
+                for (int c = 0; c < C; ++c) message[c] = V{};
+                for (size_t l = 0; l < n_lattices; ++l) {
+                    const Lattice& L = *job.lattices[l];
+                    const float* vertices = sliced[l];
+                    const int32_t* offset = &L.offset[p * L.d1];
+                    const float* weight = &L.weight[p * L.d1];
+                    // Two accumulators halve the chain of dependent multiply-adds.
+                    V even[CMAX], odd[CMAX];
+                    for (int c = 0; c < C; ++c) even[c] = V{}, odd[c] = V{};
+                    int r = 0;
+                    for (; r + 1 < L.d1; r += 2) {
+                        const V w0 = splat_value<V>(weight[r]), w1 = splat_value<V>(weight[r + 1]);
+                        const float* row0 = vertices + size_t(offset[r]) * KP;
+                        const float* row1 = vertices + size_t(offset[r + 1]) * KP;
+                        for (int c = 0; c < C; ++c) {
+                            even[c] += w0 * load<V>(row0 + c * W);
+                            odd[c] += w1 * load<V>(row1 + c * W);
+                        }
+                    }
+                    if (r < L.d1) {
+                        const V w0 = splat_value<V>(weight[r]);
+                        const float* row0 = vertices + size_t(offset[r]) * KP;
+                        for (int c = 0; c < C; ++c) even[c] += w0 * load<V>(row0 + c * W);
+                    }
+                    const V scale = splat_value<V>(L.constant);
+                    for (int c = 0; c < C; ++c) message[c] += scale * (even[c] + odd[c]);
+                }
+                if (job.compatibility) {  // e = -(u + message @ mu)
+                    float m[MAX_KP];
+                    for (int c = 0; c < C; ++c) store(&m[c * W], message[c]);
+                    for (int c = 0; c < C; ++c) part[c] = V{};
+                    for (int l = 0; l < K; ++l) {
+                        const V ml = splat_value<V>(m[l]);
+                        const float* mu = job.compatibility + size_t(l) * KP;
+                        for (int c = 0; c < C; ++c) part[c] += ml * load<V>(mu + c * W);
+                    }
+                    for (int c = 0; c < C; ++c) q[c] = V{} - part[c] - load<V>(u + c * W);
+                } else {  // Potts: -mu(message) = message up to a per-pixel constant
+                    for (int c = 0; c < C; ++c) q[c] = message[c] - load<V>(u + c * W);
+                }
+                V highest = q[0];
+                for (int c = 1; c < C; ++c) highest = q[c] > highest ? q[c] : highest;
+                float top = highest[0];
+                for (int k = 1; k < W; ++k) top = std::max(top, float(highest[k]));
+                V total = V{};
+                for (int c = 0; c < C; ++c) {
+                    q[c] = exp2_neg_v<V, I>(q[c] - top) * mask[c];
+                    total += q[c];
+                }
+                float sum = 0.0f;
+                for (int k = 0; k < W; ++k) sum += total[k];
+                const V scale = splat_value<V>(1.0f / sum);
+                for (int c = 0; c < C; ++c) q[c] *= scale;
+            }
+            for (int c = 0; c < C; ++c) store(&block_q[i * KP + c * W], q[c]);
+        }
+        if (last) {
+            for (int i = 0; i < n; ++i)
+                std::memcpy(job.out + (b0 + i) * K, &block_q[i * KP], sizeof(float) * K);
+            continue;
+        }
+        for (size_t l = 0; l < n_lattices; ++l) {
+            const Lattice& L = *job.lattices[l];
+            float* vertices = splat[l];
+            for (int i = 0; i < n; ++i) {
+                const int32_t* offset = &L.offset[(b0 + i) * L.d1];
+                const float* weight = &L.weight[(b0 + i) * L.d1];
+                for (int c = 0; c < C; ++c) q[c] = load<V>(&block_q[i * KP + c * W]);
+                for (int r = 0; r < L.d1; ++r) {
+                    const V w = splat_value<V>(weight[r]);
+                    float* row = vertices + size_t(offset[r]) * KP;
+                    for (int c = 0; c < C; ++c) store(row + c * W, load<V>(row + c * W) + w * q[c]);
+                }
+            }
+        }
+    }
+}
+
+// The threads' splat buffers of set `from`, summed into buffer 0 (and cleared), and buffer 0
+// of the other set (sliced by the last pass) cleared for the next splat, over vertices v0..v1.
+template <int KPT>
+void gather_splats(Job& job, size_t l, int from, int64_t v0, int64_t v1, bool clear_other) {
+    constexpr int W = lanes<KPT>;
+    using V = typename VectorOf<W>::F;
+    const int KP = KPT ? KPT : job.KP;
+    auto& set = job.sets[from][l];
+    const size_t begin = size_t(v0) * KP, end = size_t(v1) * KP;
+    float* sum = set[0].data;
+    for (size_t t = 1; t < set.size(); ++t) {
+        float* other = set[t].data;
+        for (size_t i = begin; i < end; i += W) store(sum + i, load<V>(sum + i) + load<V>(other + i));
+        std::memset(other + begin, 0, (end - begin) * sizeof(float));
+    }
+    if (clear_other) std::memset(job.sets[1 - from][l][0].data + begin, 0, (end - begin) * sizeof(float));
+}
+
+// Blur step j of lattice l over vertices v0..v1: v + (n1 + n2) / 2, from one buffer into the
+// other (all rows are read before any is overwritten, as in densecrf).
+template <int KPT>
+void blur_step(Job& job, size_t l, int from, int j, int64_t v0, int64_t v1) {
+    constexpr int W = lanes<KPT>;
+    using V = typename VectorOf<W>::F;
+    const int KP = KPT ? KPT : job.KP;
+    const int C = KP / W;
+    const Lattice& L = *job.lattices[l];
+    const int32_t* n1 = &L.n1[size_t(j) * L.M];
+    const int32_t* n2 = &L.n2[size_t(j) * L.M];
+    const float* src = blur_source(job, l, from, j);
+    float* dst = blur_source(job, l, from, j + 1);
+    const V half = splat_value<V>(0.5f);
+    for (int64_t v = v0; v < v1; ++v) {
+        const float* a = src + size_t(v) * KP;
+        const float* b = src + size_t(n1[v]) * KP;
+        const float* c = src + size_t(n2[v]) * KP;
+        float* o = dst + size_t(v) * KP;
+        for (int k = 0; k < C; ++k)
+            store(o + k * W, load<V>(a + k * W) + half * (load<V>(b + k * W) + load<V>(c + k * W)));
+    }
+}
+
+// Calls step(l, begin, end) on this thread's share of the items of every lattice, where
+// count(L) is how many lattice L has: one split over all lattices, so they balance.
+template <class Count, class Step>
+void split_lattices(Job& job, int t, Count count, Step step) {
+    int64_t work = 0;
+    for (auto* L : job.lattices) work += count(*L);
+    const auto [w0, w1] = share(work, t, job.T);
+    int64_t base = 0;
+    for (size_t l = 0; l < job.lattices.size(); ++l) {
+        const int64_t n = count(*job.lattices[l]);
+        const int64_t b = std::max<int64_t>(w0 - base, 0), e = std::min<int64_t>(w1 - base, n);
+        if (b < e) step(l, b, e);
+        base += n;
+    }
+}
+
+template <int KPT>
+void mean_field(Job& job) {
+    const int T = job.T;
+    int max_d1 = 0;
+    for (auto* L : job.lattices) max_d1 = std::max(max_d1, L->d1);
+    std::barrier sync(T);
+    double pixel_ms = 0, blur_ms = 0;
+    run_threads(T, [&](int t) {
+        const auto [p0, p1] = share(job.N, t, T);
+        double since = thread_ms();
+        auto add = [&](double& total) {
+            const double now = thread_ms();
+            if (t == 0) total += now - since;
+            since = now;
+        };
+        pixel_pass<KPT>(job, t, p0, p1, 1, true, false);  // splats into set 0
+        add(pixel_ms);
+        for (int it = 0; it < job.iterations; ++it) {
+            const int from = it % 2;
+            sync.arrive_and_wait();
+            split_lattices(job, t, [](const Lattice& L) { return L.M; }, [&](size_t l, int64_t b, int64_t e) {
+                gather_splats<KPT>(job, l, from, b, e, it > 0);
+            });
+            for (int j = 0; j < max_d1; ++j) {
+                sync.arrive_and_wait();
+                split_lattices(job, t, [j](const Lattice& L) { return j < L.d1 ? L.M : 0; },
+                               [&](size_t l, int64_t b, int64_t e) { blur_step<KPT>(job, l, from, j, b, e); });
+            }
+            sync.arrive_and_wait();
+            add(blur_ms);
+            pixel_pass<KPT>(job, t, p0, p1, from, false, it == job.iterations - 1);
+            add(pixel_ms);
+        }
+    });
+    if (std::getenv("SEGLAB_CRF_PROFILE"))
+        std::fprintf(stderr, "  pixel passes %8.2f ms, blur %8.2f ms (with waits)\n", pixel_ms, blur_ms);
+}
+
+int run(const float* scores, int logits, const uint8_t* image, int height, int width, int classes,
+        const double* params, int iterations, const float* compatibility, float* out, int threads) {
+    const int64_t N = int64_t(height) * width;
+    Clock clock;
+    Job job;
+    job.N = N;
+    job.K = classes;
+    // Classes padded to whole vectors: 8 lanes up to 24 classes (the fixed-size versions below;
+    // fewer would each add compile time), 4 beyond (the generic version).
+    job.KP = classes <= 24 ? (classes + 7) / 8 * 8 : (classes + 3) / 4 * 4;
+    if (job.KP > MAX_KP) return 3;
+    job.iterations = iterations;
+    job.out = out;
+    job.T = std::max(1, std::min<int>(threads, int(N / 4096) + 1));
+    const int T = job.T;
+    // params: w1, theta_alpha, theta_beta, w2, theta_gamma.
+    Lattice appearance, smoothness;
+    appearance.d = 5;
+    smoothness.d = 2;
+    for (int i = 0; i < 2; ++i) appearance.feature_scale[i] = float(params[1]);
+    for (int i = 2; i < 5; ++i) appearance.feature_scale[i] = float(params[2]);
+    for (int i = 0; i < 2; ++i) smoothness.feature_scale[i] = float(params[4]);
+    const float weights[2] = {float(params[0]), float(params[3])};
+    Lattice* kernels[2] = {&appearance, &smoothness};
+    for (int l = 0; l < 2; ++l) {
+        if (!(weights[l] > 0) || iterations == 0) continue;
+        Lattice& L = *kernels[l];
+        L.d1 = L.d + 1;
+        L.constant = weights[l] * LOG2_E / (1.0f + std::pow(2.0f, -float(L.d)));
+        job.lattices.push_back(&L);
+    }
+    try {
+        job.unary.resize(size_t(N) * job.KP);
+        job.q0.resize(size_t(N) * job.KP);
+        if (compatibility) {
+            job.compatibility_rows.assign(size_t(classes) * job.KP, 0.0f);
+            for (int l = 0; l < classes; ++l)
+                std::memcpy(&job.compatibility_rows[size_t(l) * job.KP],
+                            compatibility + size_t(l) * classes, sizeof(float) * classes);
+            job.compatibility = job.compatibility_rows.data();
+        }
+        job.mask.assign(job.KP, 0.0f);
+        std::fill(job.mask.begin(), job.mask.begin() + classes, 1.0f);
+        for (auto* L : job.lattices) {
+            L->rem0.resize(size_t(N) * L->d1);
+            L->rank.resize(size_t(N) * L->d1);
+            L->offset.resize(size_t(N) * L->d1);
+            L->weight.resize(size_t(N) * L->d1);
+            L->min_rem0.resize(size_t(T) * L->d);
+            L->max_rem0.resize(size_t(T) * L->d);
+        }
+    } catch (const std::bad_alloc&) {
+        return 1;
+    }
+    // The per-pixel work of the build and the unary, split by pixels.
+    bool ok = run_threads(T, [&](int t) {
+        const auto [p0, p1] = share(N, t, T);
+        prepare_unary(job, scores, logits != 0, p0, p1);
+        if (t == 0) clock.lap("unary");
+        for (auto* L : job.lattices) {
+            if (L->d == 5)
+                embed<5>(*L, image, N, width, p0, p1, t);
+            else
+                embed<2>(*L, image, N, width, p0, p1, t);
+        }
+    });
+    if (!ok) return 1;
+    clock.lap("embed");
+    if (job.lattices.empty()) {
+        for (int64_t p = 0; p < N; ++p)
+            for (int k = 0; k < classes; ++k) out[p * classes + k] = job.q0[p * job.KP + k];
+        return 0;
+    }
+    for (auto* L : job.lattices)
+        if (!layout(*L, T)) return 2;
+    // The hash tables, one lattice per thread.
+    const int n_lattices = int(job.lattices.size());
+    const int builders = std::min(T, n_lattices);
+    ok = run_threads(builders, [&](int t) {
+        for (int l = t; l < n_lattices; l += builders) insert_vertices(*job.lattices[l], N);
+    });
+    if (!ok) return 1;
+    clock.lap("hash");
+    ok = run_threads(T, [&](int t) {
+        split_lattices(job, t, [](const Lattice& L) { return L.M; },
+                       [&](size_t l, int64_t b, int64_t e) { find_neighbours(*job.lattices[l], b, e); });
+    });
+    if (!ok) return 1;
+    clock.lap("neighbours");
+    ok = run_threads(builders, [&](int t) {
+        for (int l = t; l < n_lattices; l += builders) {
+            HashTable().slots.swap(job.lattices[l]->table.slots);
+            normalise(*job.lattices[l], N);
+        }
+    });
+    if (!ok) return 1;
+    clock.lap("normalise");
+    try {
+        for (auto& set : job.sets) set.resize(n_lattices);
+        job.scratch.resize(n_lattices);
+        for (int l = 0; l < n_lattices; ++l) {
+            const Lattice& L = *job.lattices[l];
+            const size_t rows = size_t(L.M + 1) * job.KP;
+            for (auto& set : job.sets) {
+                set[l] = std::vector<Array<float>>(T);
+                for (auto& buffer : set[l]) {
+                    buffer.resize(rows);
+                    buffer.zero();
+                }
+            }
+            job.scratch[l].resize(rows);
+            job.scratch[l].zero();
+        }
+    } catch (const std::bad_alloc&) {
+        return 1;
+    }
+    clock.lap("buffers");
+    switch (job.KP) {
+        case 8: mean_field<8>(job); break;
+        case 16: mean_field<16>(job); break;
+        case 24: mean_field<24>(job); break;
+        default: mean_field<0>(job); break;
+    }
+    clock.lap("mean field");
+    if (clock.on)
+        for (auto* L : job.lattices)
+        {
+            std::fprintf(stderr, "  lattice d=%d: %lld vertices\n", L->d, (long long)L->M);
+        }
+    return 0;
+}
+
+}  // namespace
+
+extern "C" {
+
+// Version of this interface; native.py checks it after loading.
+int seglab_dense_crf_version() { return 1; }
+
+// Q (N, K) into out for scores (K, N) (probabilities, or logits when logits != 0), an image
+// (3, H, W) uint8, params = (w1, theta_alpha, theta_beta, w2, theta_gamma), an optional (K, K)
+// base-2 compatibility cost (null: Potts), on `threads` threads. Returns 0, or 1 (out of
+// memory), 2 (features span too large a lattice), 3 (too many classes), 4 (other error).
+int seglab_dense_crf(const float* scores, int logits, const uint8_t* image, int height, int width,
+                     int classes, const double* params, int iterations, const float* compatibility,
+                     float* out, int threads) {
+    try {
+        FlushDenormals flush;
+        return run(scores, logits, image, height, width, classes, params, iterations,
+                   compatibility, out, threads);
+    } catch (...) {
+        return 4;
+    }
+}
+}
