@@ -31,8 +31,11 @@ from benchmarks.results_file import write_section  # noqa: E402
 
 HEADING = "## Weak labels and distillation (shapes, issue 17)"
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-NETWORK = "{width: 8, depth: 3, padding: same, batch_norm: true}"
-TEACHER = "{width: 24, depth: 3, padding: same, batch_norm: true}"
+# configs/demo_shapes.yaml's network and optimiser (0.86 val mIoU in its 2000 steps): a network
+# that full supervision trains well within the budget, so the rows can separate the methods.
+NETWORK = "{width: 16, depth: 3, padding: same, batch_norm: true, dropout: 0.0}"
+TEACHER = "{width: 24, depth: 3, padding: same, batch_norm: true, dropout: 0.0}"
+RECIPE = ["optim.lr=0.003", "optim.warmup_iters=50", "train.amp=true", "train.channels_last=true"]
 GATED_CRF = "loss.gated_crf={}"  # the official defaults (seglab/losses_weak.py)
 TAG_CONFIGS = {"tags_cam": "weak_cam_shapes.yaml", "tags_mdc": "weak_mdc_shapes.yaml",
                "tags_ficklenet": "weak_ficklenet_shapes.yaml"}  # fmt: skip
@@ -58,12 +61,13 @@ DISTILL_TERMS = {"distill_pixel": "pixel", "distill_pair": "pair", "distill_holi
 
 
 def common_overrides(args: argparse.Namespace, run_dir: Path) -> list[str]:
-    """The segmentation stage every row shares (unet_shapes.yaml's data, optimiser and
-    schedule; a smaller network, whole-image inference, fewer steps)."""
+    """The segmentation stage every row shares: unet_shapes.yaml's data and AdamW poly
+    schedule with demo_shapes.yaml's network, lr, warmup, bf16 autocast and channels_last;
+    whole-image inference."""
     return [f"data.root={args.data}", f"run_dir={run_dir}", f"model.options={NETWORK}",
             "inference.mode=whole", f"train.iters={args.iters}", f"train.eval_every={args.iters}",
             f"train.checkpoint_every={args.iters}", f"train.threads={args.threads}",
-            f"data.batch_size={args.batch_size}", "optim.warmup_iters=0"]  # fmt: skip
+            f"data.batch_size={args.batch_size}", *RECIPE]  # fmt: skip
 
 
 def score(weights: Path, data: Path) -> dict[str, float]:
@@ -96,7 +100,9 @@ def run_row(row: str, args: argparse.Namespace) -> dict:
         cfg, weak = load_weak_config(CONFIGS / TAG_CONFIGS[row], common_overrides(args, run_dir)
                                      + [f"weak.cam.iters={args.cam_iters}"])  # fmt: skip
         summary = run_weak(cfg, weak, progress=False)
-        result["pseudo_mask_mean_iou_train"] = summary["pseudo_mask_mean_iou_train"]
+        for key in ("pseudo_mask_mean_iou_train", "val_tag_f1", "val_tag_mean_f1",
+                    "val_tag_exact_match"):  # fmt: skip
+            result[key] = summary[key]
         weights = run_dir / "segmentation" / "final.safetensors"
     else:
         overrides = common_overrides(args, run_dir) + ROWS[row][2]
@@ -121,22 +127,27 @@ def section(results: dict[str, dict], args: argparse.Namespace) -> str:
         HEADING,
         "",
         f"`OMP_NUM_THREADS=1 python benchmarks/weak_table.py --iters {args.iters} "
-        f"--cam-iters {args.cam_iters}` (shapes 64x64, {args.train_images} train / val 200 "
-        f"images; U-Net {NETWORK}, AdamW lr 1e-3 poly, batch {args.batch_size}, "
+        f"--cam-iters {args.cam_iters}` (shapes 64x64, {args.train_images} train / "
+        f"{args.val_images} val images; U-Net {NETWORK}, AdamW lr 3e-3 poly, 50 warm-up "
+        f"steps, bf16 autocast, batch {args.batch_size}, "
         f"{args.iters} steps for every row; scored on the true val masks; boundary F at 2 px).",
         "",
-        "| labels | method | mIoU | boundary F | mIoU / full | pseudo-mask mIoU (train) |",
-        "|---|---|---|---|---|---|",
+        "| labels | method | mIoU | boundary F | mIoU / full | pseudo-mask mIoU (train) "
+        "| CAM classifier on val tags: mean F1 / exact match |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row, (labels, method, _) in ROWS.items():
         if row not in results:
-            lines.append(f"| {labels} | {method} | not measured | | | |")
+            lines.append(f"| {labels} | {method} | not measured | | | | |")
             continue
         r = results[row]
         ratio = f"{r['mean_iou'] / full:.2f}" if full else ""
         pseudo = r.get("pseudo_mask_mean_iou_train")
+        tags = (f"{r['val_tag_mean_f1']:.3f} / {r['val_tag_exact_match']:.3f}"
+                if r.get("val_tag_mean_f1") is not None else "")  # fmt: skip
+        pseudo = "" if pseudo is None else f"{pseudo:.3f}"
         lines.append(f"| {labels} | {method} | {r['mean_iou']:.3f} | {r['boundary_f']:.3f} | "
-                     f"{ratio} | {'' if pseudo is None else f'{pseudo:.3f}'} |")  # fmt: skip
+                     f"{ratio} | {pseudo} | {tags} |")  # fmt: skip
     lines.append("")
     if full is not None and full < 0.5:  # say so rather than let the ratios speak
         lines.append(
@@ -175,9 +186,9 @@ def main() -> None:
                         help="an existing `seglab data shapes --weak` folder (default: written "
                         "to OUT/data)")  # fmt: skip
     parser.add_argument("--train", type=int, default=1000)
-    parser.add_argument("--iters", type=int, default=400)
+    parser.add_argument("--iters", type=int, default=1500)
     parser.add_argument("--cam-iters", type=int, default=600)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--no-write", action="store_true", help="do not write RESULTS.md")
@@ -193,6 +204,7 @@ def main() -> None:
             write_shapes_dataset(args.data, args.train, 200, weak=True, progress=False)
     args.data = args.data.resolve()
     args.train_images = len((args.data / "train.txt").read_text().split())
+    args.val_images = len((args.data / "val.txt").read_text().split())
     rows = list(args.rows)
     if any(r in DISTILL_TERMS for r in rows) and "teacher" not in rows:
         rows.insert(0, "teacher")

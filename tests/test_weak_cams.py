@@ -185,6 +185,9 @@ def test_seglab_weak_runs_every_stage_into_the_run_directory(tmp_path, monkeypat
     assert (run / "segmentation" / "best.safetensors").is_file()
     summary = json.loads((run / "summary.json").read_text())
     assert 0 <= summary["pseudo_mask_mean_iou_train"] <= 1
+    tag_scores = json.loads((run / "cam" / "val_tags.json").read_text())  # the 2 val images
+    assert len(tag_scores["f1"]) == 5 and tag_scores["exact_match"] in (0.0, 0.5, 1.0)
+    assert summary["val_tag_exact_match"] == tag_scores["exact_match"]
     assert 0 <= summary["val_mean_iou"] <= 1 and not math.isnan(summary["val_mean_iou"])
     # the val masks of the training copy are the true ones, the train masks the pseudo ones
     assert (run / "pseudo_data" / "masks" / "val_00000.png").resolve() == (
@@ -259,3 +262,64 @@ def test_seglab_weak_names_a_wrong_crf_preset(tmp_path):
         load_weak_config(config, [f"data.root={tmp_path}", "weak.pseudo.crf=fancy"])
     cfg, weak = load_weak_config(config, [f"data.root={tmp_path}"])
     assert weak["cam"]["options"]["dilations"] == [1]  # the plain-CAM baseline
+
+
+def test_tag_f1_and_exact_match_by_hand():
+    from seglab.weak.cam import tag_f1
+
+    predicted = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 0, 0], [1, 0, 0]])
+    tags = torch.tensor([[1, 0, 0], [0, 1, 0], [1, 0, 0], [1, 0, 0]])
+    scores = tag_f1(predicted, tags)
+    # class 0: TP 2 (images 0, 3), FP 1 (image 1), FN 1 (image 2): F1 = 4 / (4 + 2)
+    # class 1: TP 1, no error: 1; class 2: never predicted nor present: 1 by definition
+    assert scores["f1"] == pytest.approx([4 / 6, 1.0, 1.0])
+    assert scores["exact_match"] == 0.5  # images 0 and 3
+
+
+def test_score_tags_reads_the_classifier_logit_sign_of_each_class():
+    """A fake generator whose pooled score of class c is +1 on image i iff c == i % 2:
+    predicted tags [1, 0], [0, 1], [1, 0] against true [1, 0], [1, 1], [0, 0]."""
+    from seglab.weak.pseudo import score_tags
+
+    class Fake(torch.nn.Module):
+        pooling, lse_r = "gap", 5.0
+
+        def forward(self, images):  # (N, 1, 2, 2), channel 0 = image index
+            index = images[:, 0, 0, 0].long()
+            maps = torch.full((len(index), 2, 2, 2), -1.0)
+            maps[index % 2 == 0, 0], maps[index % 2 == 1, 1] = 1.0, 1.0
+            return [maps, maps * 3]  # two branches: their mean decides
+
+    class Data:
+        num_foreground, tags = 2, [[1], [1, 2], []]
+
+        def __len__(self):
+            return 3
+
+        def image(self, i):
+            return torch.full((1, 2, 2), float(i))
+
+    scores = score_tags(Fake(), Data(), batch_size=2)
+    # class 1: TP image 0, FN image 1, FP image 2 -> 2 / 4; class 2: TP image 1 -> 1
+    assert scores["f1"] == pytest.approx([0.5, 1.0]) and scores["exact_match"] == 1 / 3
+    assert scores["mean_f1"] == pytest.approx(0.75)
+
+
+def test_train_cam_with_warmup_and_amp_takes_finite_steps_and_leaves_a_plain_layout():
+    from seglab.weak.pseudo import train_cam
+
+    class Data(torch.utils.data.Dataset):
+        num_foreground = 2
+
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return torch.randn(3, 16, 16), torch.tensor([i % 2, 1.0 - i % 2])
+
+    torch.manual_seed(0)
+    model = MDCNet(2, dilations=(1, 3), width=4, stage=1, batch_norm=True)
+    losses = train_cam(model, Data(), 3, 2, 3e-3, warmup_iters=2, amp=True)
+    assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
+    weight = model.blocks[0][0].weight
+    assert weight.is_contiguous() and weight.dtype == torch.float32

@@ -99,6 +99,17 @@ def tag_loss(score_maps: list[torch.Tensor], tags: torch.Tensor, pooling: str = 
     )
 
 
+def tag_f1(predicted: torch.Tensor, tags: torch.Tensor) -> dict:
+    """How well a CAM generator's classifier knows the tags: predicted, tags (N, K) in {0, 1}
+    -> {"f1": K per-class F1 = 2 TP / (2 TP + FP + FN) (1.0 for a class neither predicted nor
+    present), "exact_match": the fraction of images with all K right}."""
+    predicted, tags = predicted.bool(), tags.bool()
+    tp = (predicted & tags).sum(0).double()
+    wrong = (predicted ^ tags).sum(0).double()  # FP + FN
+    f1 = torch.where(tp + wrong > 0, 2 * tp / (2 * tp + wrong).clamp(min=1), torch.ones_like(tp))
+    return {"f1": f1.tolist(), "exact_match": (predicted == tags).all(1).double().mean().item()}
+
+
 def normalise_cams(cams: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """(N, K, h, w) -> ReLU'd maps divided by each (image, class) maximum: values in [0, 1]."""
     cams = cams.clamp(min=0)

@@ -5,13 +5,15 @@ CONFIG is a seglab training config (model, data, optim, train: the segmentation 
 
     weak:
       cam:    {method: mdc | ficklenet, options: {...}, iters, batch_size, lr, weight_decay,
-               hflip, seed}
+               hflip, seed, warmup_iters, amp (bf16 autocast + channels_last on the CPU)}
       pseudo: {fg_threshold: 0.3, bg_threshold: 0.2, train_on: masks | seeds,
                crf: null | a seglab.crf preset (deeplab-largefov ...) refining the masks}
 
 data.root is the folder layout with tags/ (seglab/data/weak_labels.py). Stages, each writing
 into RUN = run_dir (a finished stage is not run again, so a stopped run continues):
-  (a) RUN/cam/: the CAM generator's weights (cam.safetensors) and its loss log (log.jsonl);
+  (a) RUN/cam/: the CAM generator's weights (cam.safetensors), its loss log (log.jsonl) and
+      its tags on the val images against the true ones (val_tags.json: per-class F1, exact
+      match; seglab.weak.pseudo.score_tags);
   (b) RUN/pseudo_masks/: seeds/ and masks/ of every training image and metrics.json (the
       pseudo masks' mIoU on train against the true masks);
   (c) RUN/pseudo_data/ (the folder layout: images linked, train masks = pseudo masks or seeds,
@@ -37,7 +39,7 @@ from seglab.errors import SeglabError
 
 WEAK_DEFAULTS = {
     "cam": {"method": "mdc", "options": {}, "iters": 300, "batch_size": 16, "lr": 1e-3,
-            "weight_decay": 1e-4, "hflip": True, "seed": 0},
+            "weight_decay": 1e-4, "hflip": True, "seed": 0, "warmup_iters": 0, "amp": False},
     "pseudo": {"fg_threshold": 0.3, "bg_threshold": 0.2, "train_on": "masks", "crf": None},
 }  # fmt: skip
 
@@ -110,8 +112,9 @@ def run_weak(cfg: Config, weak: dict, progress: bool = True) -> dict:
     from safetensors.torch import load_file, save_file
 
     import seglab
+    from seglab.data.weak_labels import weak_label_path
     from seglab.engine.evaluate_run import evaluate_checkpoint
-    from seglab.weak.pseudo import TagDataset, build_cam_model, train_cam, write_pseudo_masks
+    from seglab.weak import pseudo as stages
 
     run, data, cam, pseudo = Path(cfg.run_dir), cfg.data, weak["cam"], weak["pseudo"]
     say = print if progress else (lambda *a: None)
@@ -119,12 +122,12 @@ def run_weak(cfg: Config, weak: dict, progress: bool = True) -> dict:
         torch.set_num_threads(cfg.train.threads)
     train_set = FolderDataset(data.root, data.train_split)
     val_set = FolderDataset(data.root, data.val_split)
-    tags = TagDataset(train_set, hflip=cam["hflip"])
+    tags = stages.TagDataset(train_set, hflip=cam["hflip"])
     run.mkdir(parents=True, exist_ok=True)  # after the tags were read: a mistake leaves no run
     (run / "weak.yaml").write_text(yaml.safe_dump(weak, sort_keys=False))
     # (a) the CAM generator on image tags
     torch.manual_seed(cam["seed"])
-    model = build_cam_model(cam["method"], tags.num_foreground, dict(cam["options"]))
+    model = stages.build_cam_model(cam["method"], tags.num_foreground, dict(cam["options"]))
     weights = run / "cam" / "cam.safetensors"
     if weights.is_file():
         model.load_state_dict(load_file(str(weights)))
@@ -137,17 +140,27 @@ def run_weak(cfg: Config, weak: dict, progress: bool = True) -> dict:
                 log_file.write(json.dumps({"step": step, "loss": loss}) + "\n")
                 say(f"(a) {cam['method']} step {step}/{cam['iters']} tag loss {loss:.4f}")
 
-            train_cam(model, tags, cam["iters"], cam["batch_size"], cam["lr"],
-                      cam["weight_decay"], cam["seed"], log)  # fmt: skip
+            stages.train_cam(model, tags, cam["iters"], cam["batch_size"], cam["lr"],
+                      cam["weight_decay"], cam["seed"], log, cam["warmup_iters"],
+                      cam["amp"])  # fmt: skip
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+
+    # (a') its tags on the val images, which it never saw (none where val has no tags/)
+    tag_scores = {"f1": None, "mean_f1": None, "exact_match": None}
+    if all(weak_label_path(data.root, "tags", name).is_file() for name in val_set.names):
+        tag_scores = stages.score_tags(model, stages.TagDataset(val_set, hflip=False))
+        (run / "cam" / "val_tags.json").write_text(json.dumps(tag_scores, indent=2))
+        say(f"(a) val tags: per-class F1 {[round(f, 3) for f in tag_scores['f1']]}, exact "
+            f"match {tag_scores['exact_match']:.3f}")  # fmt: skip
 
     # (b) seeds and pseudo masks, scored against the true training masks
     masks_dir = run / "pseudo_masks"
     if (masks_dir / "metrics.json").is_file():
         pseudo_metrics = json.loads((masks_dir / "metrics.json").read_text())
     else:
-        pseudo_metrics = write_pseudo_masks(model, tags, masks_dir, pseudo["fg_threshold"],
-                                            pseudo["bg_threshold"], pseudo["crf"])  # fmt: skip
+        pseudo_metrics = stages.write_pseudo_masks(model, tags, masks_dir, pseudo["fg_threshold"],
+                                                   pseudo["bg_threshold"],
+                                                   pseudo["crf"])  # fmt: skip
     say(f"(b) pseudo masks: train mIoU {pseudo_metrics['pseudo_mask_mean_iou']:.4f} "
         f"({masks_dir})")  # fmt: skip
 
@@ -169,6 +182,9 @@ def run_weak(cfg: Config, weak: dict, progress: bool = True) -> dict:
                                          progress=progress, data_format="folder")  # fmt: skip
     summary = {
         "method": cam["method"],
+        "val_tag_f1": tag_scores["f1"],
+        "val_tag_mean_f1": tag_scores["mean_f1"],
+        "val_tag_exact_match": tag_scores["exact_match"],
         "pseudo_mask_mean_iou_train": pseudo_metrics["pseudo_mask_mean_iou"],
         "seed_pixel_accuracy_train": pseudo_metrics["seed_pixel_accuracy"],
         "seed_coverage_train": pseudo_metrics["seed_coverage"],

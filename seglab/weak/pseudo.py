@@ -21,7 +21,7 @@ from seglab.data.weak_labels import read_tags, weak_label_path
 from seglab.engine.run_setup import collate_same_size
 from seglab.errors import SeglabError
 from seglab.metrics import ConfusionMatrix
-from seglab.weak.cam import seeds_and_pseudo_mask, upsample_cams
+from seglab.weak.cam import pool_scores, seeds_and_pseudo_mask, tag_f1, upsample_cams
 from seglab.weak.ficklenet import FickleNet
 from seglab.weak.mdc import MDCNet
 
@@ -76,18 +76,33 @@ def build_cam_model(method: str, num_foreground: int, options: dict) -> torch.nn
 
 
 def train_cam(model, tag_data: TagDataset, iters: int, batch_size: int, lr: float,
-              weight_decay: float = 1e-4, seed: int = 0, log=None) -> list[float]:  # fmt: skip
-    """Adam on the summed tag losses for `iters` steps; returns the loss of every step."""
+              weight_decay: float = 1e-4, seed: int = 0, log=None, warmup_iters: int = 0,
+              amp: bool = False) -> list[float]:  # fmt: skip
+    """AdamW on the summed tag losses for `iters` steps, a linear warm-up of `warmup_iters`
+    then poly 0.9 decay; returns the loss of every step.
+
+    amp: bf16 autocast and channels_last on the CPU (seglab.engine.run_setup.cpu_has_bf16:
+    only where the CPU runs bf16 natively, float32 elsewhere), the demo recipe's speed-up (autocast
+    runs the tag loss's BCE in float32)."""
+    from seglab.engine.run_setup import cpu_has_bf16
+
+    amp = amp and cpu_has_bf16()
+    layout = torch.channels_last if amp else torch.contiguous_format
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(tag_data, batch_size, shuffle=True, drop_last=len(tag_data) > batch_size,
                         collate_fn=collate_same_size, generator=generator)  # fmt: skip
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: (1 - t / iters) ** 0.9)
-    model.train()
+
+    def factor(t: int) -> float:
+        return min(1.0, (t + 1) / warmup_iters if warmup_iters else 1.0) * (1 - t / iters) ** 0.9
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    model.to(memory_format=layout).train()
     losses, step = [], 0
     while step < iters:
         for images, tags in loader:
-            loss = model.loss(images, tags)
+            with torch.autocast("cpu", torch.bfloat16, enabled=amp):  # BCE runs in float32
+                loss = model.loss(images.contiguous(memory_format=layout), tags)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -98,7 +113,29 @@ def train_cam(model, tag_data: TagDataset, iters: int, batch_size: int, lr: floa
                 log(step, loss.item())
             if step == iters:
                 break
+    model.to(memory_format=torch.contiguous_format)
     return losses
+
+
+@torch.no_grad()
+def score_tags(model, tag_data: TagDataset, batch_size: int = 50) -> dict:
+    """The classifier's tags on `tag_data` (val: images it never saw) against the true ones:
+    an image has class c where the branches' mean pooled score (the logit) is > 0.
+    Returns seglab.weak.cam.tag_f1's {"f1": per class, "exact_match"} plus "mean_f1"."""
+    model.eval()
+    predicted, tags = [], []
+    for start in range(0, len(tag_data), batch_size):
+        indices = range(start, min(start + batch_size, len(tag_data)))
+        images = torch.stack([tag_data.image(i) for i in indices])
+        maps = model(images)
+        logits = torch.stack([pool_scores(m, model.pooling, model.lse_r) for m in maps]).mean(0)
+        predicted.append(logits > 0)
+        truth = torch.zeros(len(indices), tag_data.num_foreground)
+        for row, i in enumerate(indices):
+            truth[row, [c - 1 for c in tag_data.tags[i]]] = 1
+        tags.append(truth)
+    scores = tag_f1(torch.cat(predicted), torch.cat(tags))
+    return {**scores, "mean_f1": sum(scores["f1"]) / len(scores["f1"])}
 
 
 def image_cams(model, tag_data: TagDataset, index: int) -> np.ndarray:
