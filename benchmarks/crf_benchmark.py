@@ -1,6 +1,10 @@
-"""Dense CRF: seglab (pure PyTorch permutohedral lattice) against pydensecrf, same inputs.
+"""Dense CRF: seglab (its compiled kernel, or the PyTorch path) against pydensecrf, same inputs.
 
     .venv/bin/python benchmarks/crf_benchmark.py [--repeats 3] [--warm] [--quick] [--no-write]
+
+seglab runs dense_crf's default backend: the compiled kernel (seglab/crf/native.py, built on
+first use, before the timed runs) where a C++ compiler is, else the PyTorch path; the script
+prints which. SEGLAB_CRF_BACKEND=torch measures the PyTorch path.
 
 Each case runs pydensecrf, seglab with 2 threads and seglab with 1 thread alternately `repeats`
 times on the same unary and image (so a drifting machine slows all alike) and reports the best
@@ -20,8 +24,15 @@ upsampled and put through a softmax. The natural cases need scikit-image (the `t
 
 from __future__ import annotations
 
-import argparse
 import os
+
+# The photo cases' unaries come from scikit-image (SLIC, numpy); numpy's and scipy's OpenBLAS
+# thread pools then spin-wait on the cores for a while, which slows whatever threaded code runs
+# next (seglab at 2 threads far more than single-threaded pydensecrf). They are not part of
+# either CRF, so the benchmark keeps them to one thread (before numpy is imported).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
 import platform
 import time
 
@@ -30,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from results_file import write_section  # benchmarks/, the script's folder, is on sys.path
 
-from seglab.crf import PRESETS, DenseCRFParams, dense_crf
+from seglab.crf import PRESETS, DenseCRFParams, dense_crf, native
 from seglab.crf.dense import _smoothness_kernel
 from seglab.crf.reference import pydensecrf_labels
 
@@ -112,6 +123,12 @@ def seglab_runner(threads: int, warm: bool):
     return run
 
 
+def backend_name() -> str:
+    """What dense_crf runs here: "native kernel" or "PyTorch path"."""
+    native_runs = native.chosen(None, torch.device("cpu"), None)
+    return "native kernel (seglab/crf/dense_kernel.cpp)" if native_runs else "PyTorch path"
+
+
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo (Linux), else platform.processor()."""
     try:
@@ -138,6 +155,7 @@ def measure(args, params: DenseCRFParams) -> list[list[str]]:
         "seglab 1 thread": seglab_runner(1, args.warm),
     }
     seglab_runner(2, args.warm)(*synthetic_case(64, 64, 3, "noise"), params)  # first-call costs
+    print(f"seglab backend: {backend_name()}", flush=True)
     rows = []
     for name, probabilities, image in cases(args.quick):
         times = {runner: [] for runner in runners}
@@ -188,7 +206,7 @@ def main() -> None:
         HEADING,
         f"""{HEADING}
 
-seglab.crf.dense_crf (pure PyTorch permutohedral lattice, default precision) against
+seglab.crf.dense_crf ({backend_name()}, default settings) against
 pydensecrf2 (Kraehenbuehl's C++ densecrf, single-threaded) on the same unary and image, preset
 `{args.preset}` ({params}). Times are wall seconds, best of {args.repeats} interleaved runs, with
 {lattices} inside every timed call; agreement = share of pixels with pydensecrf's label;

@@ -29,7 +29,7 @@
 #include <utility>
 #include <vector>
 #if defined(__x86_64__) || defined(__i386__)
-#include <xmmintrin.h>
+#include <immintrin.h>
 #endif
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -43,6 +43,8 @@ constexpr float PROBABILITY_FLOOR = 1e-5f;  // as dense.py and pydensecrf's unar
 constexpr float PAD_COST = 1e30f;           // padded classes: never the max, exp2 -> 0
 constexpr int MAX_KP = 512;
 constexpr uint64_t EMPTY = ~uint64_t(0);
+constexpr size_t PREFETCH_BYTES = size_t(1) << 20;
+constexpr double HALF_PRECISION_RATIO = 0.5;  // as dense.py's
 
 // Denormals slow every product ~100x on x86; tiny probabilities must not produce them.
 struct FlushDenormals {
@@ -228,6 +230,19 @@ struct Array {
 #endif
     }
     void zero() { std::memset(data, 0, size * sizeof(T)); }
+    // Zeroed by the system (fresh pages of calloc are zero: no pass over them here).
+    void resize_zeroed(size_t n) {
+        std::free(data);
+        size = n;
+        data = static_cast<T*>(std::calloc(std::max<size_t>(n, 1), sizeof(T)));
+        if (!data) throw std::bad_alloc();
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+        constexpr uintptr_t huge = uintptr_t(1) << 21;
+        const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + huge - 1) & ~(huge - 1);
+        const uintptr_t end = (reinterpret_cast<uintptr_t>(data + n)) & ~(huge - 1);
+        if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#endif
+    }
     T& operator[](size_t i) { return data[i]; }
     const T& operator[](size_t i) const { return data[i]; }
 };
@@ -242,6 +257,12 @@ struct Lattice {
     Array<int8_t> rank;           // (N, d1) build scratch
     Array<int32_t> offset;        // (N, d1) vertex of each corner
     Array<float> weight;          // (N, d1) barycentric weight, times D^-1/2 after normalise
+    Array<uint8_t> same;          // (N) 1 where pixel p's simplex is pixel p - 1's
+    // Where the splat adds: the vertex, or -1 - s for shared vertex s, one that pixels of two
+    // threads' ranges splat to (those add into per-thread side rows, summed before the blur;
+    // every other vertex is one thread's alone, so all threads splat into one buffer).
+    Array<int32_t> splat_offset;  // (N, d1)
+    std::vector<int32_t> shared;  // (S) the shared vertices
     std::vector<int32_t> n1, n2;  // (d1, M) neighbours along each direction (M: none)
     std::vector<int64_t> low;     // code layout: per-coordinate minimum minus a margin
     std::vector<uint64_t> stride;
@@ -354,8 +375,9 @@ void insert_vertices(Lattice& L, int64_t N) {
     for (int64_t p = 0; p < N; ++p) {
         const int32_t* rem0 = &L.rem0[p * d1];
         const int8_t* rank = &L.rank[p * d1];
-        if (p > 0 && std::memcmp(rem0, rem0 - d1, 4 * d1) == 0 &&
-            std::memcmp(rank, rank - d1, d1) == 0) {
+        L.same[p] = p > 0 && std::memcmp(rem0, rem0 - d1, 4 * d1) == 0 &&
+                    std::memcmp(rank, rank - d1, d1) == 0;
+        if (L.same[p]) {
             std::memcpy(&L.offset[p * d1], &L.offset[(p - 1) * d1], 4 * d1);
             continue;
         }
@@ -374,6 +396,31 @@ void insert_vertices(Lattice& L, int64_t N) {
     L.n2.assign(size_t(d1) * L.M, int32_t(L.M));
     L.rem0.resize(0);
     L.rank.resize(0);
+}
+
+// The vertices that pixels of more than one of the T threads' ranges splat to, and the splat
+// offsets that send those to side rows.
+void mark_shared(Lattice& L, int64_t N, int T) {
+    const int d1 = L.d1;
+    std::vector<int8_t> owner(L.M, -1);
+    std::vector<int32_t> shared_id(L.M, -1);
+    L.shared.clear();
+    for (int t = 0; t < T; ++t) {
+        const auto [p0, p1] = share(N, t, T);
+        for (int64_t i = p0 * d1; i < p1 * d1; ++i) {
+            const int32_t v = L.offset[i];
+            if (owner[v] < 0) {
+                owner[v] = int8_t(t);
+            } else if (owner[v] != t && shared_id[v] < 0) {
+                shared_id[v] = int32_t(L.shared.size());
+                L.shared.push_back(v);
+            }
+        }
+    }
+    for (int64_t i = 0; i < N * d1; ++i) {
+        const int32_t s = shared_id[L.offset[i]];
+        L.splat_offset[i] = s >= 0 ? -1 - s : L.offset[i];
+    }
 }
 
 // Neighbours of vertices v0..v1 (read-only look-ups, so threads split the vertices): along
@@ -427,12 +474,18 @@ struct Job {
     std::vector<float> compatibility_rows;  // (K, KP): the (K, K) base-2 cost, padded
     const float* compatibility = nullptr;  // its data, or null (Potts)
     float* out = nullptr;                  // (N, K)
-    // Per lattice: two sets of T splat buffers, each (M + 1, KP) with row M zero. An
-    // iteration's pixel pass splats into set s, thread t into buffer t; the threads' buffers
-    // are summed into buffer 0, which is blurred in place and sliced by the next pass while
-    // it splats into set 1 - s.
-    std::vector<std::vector<Array<float>>> sets[2];
-    std::vector<Array<float>> scratch;  // per lattice: (max active, KP) for the blur
+    // Per lattice: two vertex buffers (M + 1, KP) with row M zero, and the scratch buffer of
+    // the blur. An iteration's pixel pass splats into buffer s (shared vertices into its
+    // thread's side rows, added in before the blur), which is blurred (with the scratch) and
+    // sliced by the next pass while it splats into buffer 1 - s.
+    std::vector<Array<float>> sets[2];
+    std::vector<Array<float>> scratch;
+    std::vector<std::vector<Array<float>>> side;  // [lattice][thread] (S, KP)
+    // A lattice much larger than the cache (a noisy image's: more vertices than pixels) is
+    // blurred and sliced in float16 storage (float32 arithmetic; the splat stays float32):
+    // half the memory traffic of the passes that dominate there, as dense.py's vertex_dtype.
+    bool half[2] = {};
+    std::vector<Array<uint16_t>> half_rows[2];  // [step parity][lattice] (M + 1, KP)
 };
 
 // The unary of dense.py's _unary_rows, from scores (K, N), and the starting Q, for pixels
@@ -496,7 +549,52 @@ template <class V> inline V load(const float* p) {
     return v;
 }
 template <class V> inline void store(float* p, V v) { std::memcpy(p, &v, sizeof v); }
-template <class V> inline V splat_value(float x) { return V{} + x; }
+// x in every lane (not V{} + x, which the compiler must keep as an addition: -0 + 0 = +0).
+template <class V> inline V splat_value(float x) {
+    if constexpr (sizeof(V) == 32)
+        return V{x, x, x, x, x, x, x, x};
+    else
+        return V{x, x, x, x};
+}
+
+// Rows stored as float16 (F16C conversions; without F16C no lattice is stored so).
+#if defined(__F16C__)
+constexpr bool HALF_STORAGE = true;
+#else
+constexpr bool HALF_STORAGE = false;
+#endif
+template <class V> inline V load_row(const float* p) { return load<V>(p); }
+template <class V> inline void store_row(float* p, V v) { store(p, v); }
+template <class V> inline V load_row(const uint16_t* p) {
+    V v{};
+#if defined(__F16C__)
+    if constexpr (sizeof(V) == 32) {
+        const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+        std::memcpy(&v, &x, sizeof v);
+    } else {
+        const __m128 x = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+        std::memcpy(&v, &x, sizeof v);
+    }
+#else
+    (void)p;
+#endif
+    return v;
+}
+template <class V> inline void store_row(uint16_t* p, V v) {
+#if defined(__F16C__)
+    if constexpr (sizeof(V) == 32) {
+        __m256 x;
+        std::memcpy(&x, &v, sizeof v);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
+    } else {
+        __m128 x;
+        std::memcpy(&x, &v, sizeof v);
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
+    }
+#else
+    (void)p, (void)v;
+#endif
+}
 
 // exp2_neg on a vector: rounding by the 1.5 2^23 trick (round to nearest, as nearbyint).
 template <class V, class I> inline V exp2_neg_v(V x) {
@@ -519,7 +617,50 @@ template <class V, class I> inline V exp2_neg_v(V x) {
 // The buffer lattice l's blur step j reads: buffer 0 of set `from` at even steps, the
 // scratch buffer at odd ones (and writes the other); the slice reads where step d1 - 1 wrote.
 inline float* blur_source(Job& job, size_t l, int from, int j) {
-    return j % 2 == 0 ? job.sets[from][l][0].data : job.scratch[l].data;
+    return j % 2 == 0 ? job.sets[from][l].data : job.scratch[l].data;
+}
+// A float16 lattice's step j writes half_rows[j % 2]; the slice reads the last step's.
+inline const void* sliced_rows(Job& job, size_t l, int from) {
+    const int d1 = job.lattices[l]->d1;
+    if (job.half[l]) return job.half_rows[(d1 - 1) % 2][l].data;
+    return blur_source(job, l, from, d1);
+}
+
+// message += constant * sum_r weight[r] vertices[offset[r]]: the slice of one pixel from one
+// lattice with D1 = d + 1 vertices per simplex (fixed, so the loop over them unrolls), with two
+// accumulators to halve the chain of dependent multiply-adds.
+template <int D1, class V, int W, int CMAX, class T>
+inline void slice_rows(const T* vertices, const int32_t* offset, const float* weight, int KP,
+                       int C, float constant, V* message) {
+    V even[CMAX], odd[CMAX];
+    for (int c = 0; c < C; ++c) even[c] = V{}, odd[c] = V{};
+    for (int r = 0; r < D1; ++r) {
+        const V w = splat_value<V>(weight[r]);
+        const T* row = vertices + size_t(offset[r]) * KP;
+        V* into = r % 2 ? odd : even;
+        for (int c = 0; c < C; ++c) into[c] += w * load_row<V>(row + c * W);
+    }
+    const V scale = splat_value<V>(constant);
+    for (int c = 0; c < C; ++c) message[c] += scale * (even[c] + odd[c]);
+}
+
+// The splat of pixels i..end of a block (one simplex of lattice L): each of its D1 rows gets
+// sum_k weight[k][r] q[k], summed in registers.
+template <int D1, class V, int W, int CMAX>
+inline void splat_run(float* vertices, float* side, const struct Lattice& L, int64_t b0, int i,
+                      int end, const float* block_q, int KP, int C) {
+    const int32_t* offset = &L.splat_offset[(b0 + i) * D1];
+    for (int r = 0; r < D1; ++r) {
+        V sum[CMAX];
+        for (int c = 0; c < C; ++c) sum[c] = V{};
+        for (int k = i; k < end; ++k) {
+            const V w = splat_value<V>(L.weight[(b0 + k) * D1 + r]);
+            for (int c = 0; c < C; ++c) sum[c] += w * load<V>(&block_q[k * KP + c * W]);
+        }
+        const int32_t o = offset[r];
+        float* row = o >= 0 ? vertices + size_t(o) * KP : side + size_t(-1 - o) * KP;
+        for (int c = 0; c < C; ++c) store(row + c * W, load<V>(row + c * W) + sum[c]);
+    }
 }
 
 // One pass over pixels p0..p1: slice (unless first), update Q, then splat it into this
@@ -536,11 +677,16 @@ void pixel_pass(Job& job, int t, int64_t p0, int64_t p1, int from, bool first, b
     const size_t n_lattices = job.lattices.size();
     V q[CMAX], message[CMAX], part[CMAX], mask[CMAX];
     const float* q0 = job.q0.data;
-    const float* sliced[2] = {};
+    const void* sliced[2] = {};
     float* splat[2] = {};
+    float* side[2] = {};
+    // Prefetching pays only for a lattice whose rows do not stay in the (L2) cache.
+    bool prefetch[2] = {};
     for (size_t l = 0; l < n_lattices; ++l) {
-        sliced[l] = blur_source(job, l, from, job.lattices[l]->d1);
-        splat[l] = job.sets[1 - from][l][t].data;
+        prefetch[l] = job.lattices[l]->M * KP * sizeof(float) > PREFETCH_BYTES;
+        sliced[l] = sliced_rows(job, l, from);
+        splat[l] = job.sets[1 - from][l].data;
+        side[l] = job.side[l][t].data;
     }
     // Pixels go in blocks: first every pixel's update (independent of one another, so the
     // processor overlaps them), then the block's splat (consecutive pixels of a flat region
@@ -556,13 +702,17 @@ void pixel_pass(Job& job, int t, int64_t p0, int64_t p1, int from, bool first, b
             const float* u = &job.unary[p * KP];
             if (p + BLOCK < p1) {
                 for (size_t l = 0; l < n_lattices; ++l) {
+                    if (!prefetch[l]) continue;
                     const Lattice& L = *job.lattices[l];
                     const int32_t* ahead = &L.offset[(p + BLOCK) * L.d1];
+                    const int32_t* ahead_splat = &L.splat_offset[(p + BLOCK) * L.d1];
+                    const size_t row_bytes = KP * (job.half[l] ? 2 : 4);
                     for (int r = 0; r < L.d1; ++r) {
-                        const size_t row = size_t(ahead[r]) * KP;
+                        const char* read = static_cast<const char*>(sliced[l]) + ahead[r] * row_bytes;
+                        const bool own = ahead_splat[r] >= 0;
                         for (int c = 0; c < KP; c += 16) {
-                            if (!first) __builtin_prefetch(sliced[l] + row + c, 0);
-                            if (!last) __builtin_prefetch(splat[l] + row + c, 1);
+                            if (!first) __builtin_prefetch(read + c * (row_bytes / KP), 0);
+                            if (!last && own) __builtin_prefetch(splat[l] + size_t(ahead[r]) * KP + c, 1);
                         }
                     }
                 }
@@ -573,29 +723,19 @@ void pixel_pass(Job& job, int t, int64_t p0, int64_t p1, int from, bool first, b
                 for (int c = 0; c < C; ++c) message[c] = V{};
                 for (size_t l = 0; l < n_lattices; ++l) {
                     const Lattice& L = *job.lattices[l];
-                    const float* vertices = sliced[l];
                     const int32_t* offset = &L.offset[p * L.d1];
                     const float* weight = &L.weight[p * L.d1];
-                    // Two accumulators halve the chain of dependent multiply-adds.
-                    V even[CMAX], odd[CMAX];
-                    for (int c = 0; c < C; ++c) even[c] = V{}, odd[c] = V{};
-                    int r = 0;
-                    for (; r + 1 < L.d1; r += 2) {
-                        const V w0 = splat_value<V>(weight[r]), w1 = splat_value<V>(weight[r + 1]);
-                        const float* row0 = vertices + size_t(offset[r]) * KP;
-                        const float* row1 = vertices + size_t(offset[r + 1]) * KP;
-                        for (int c = 0; c < C; ++c) {
-                            even[c] += w0 * load<V>(row0 + c * W);
-                            odd[c] += w1 * load<V>(row1 + c * W);
-                        }
-                    }
-                    if (r < L.d1) {
-                        const V w0 = splat_value<V>(weight[r]);
-                        const float* row0 = vertices + size_t(offset[r]) * KP;
-                        for (int c = 0; c < C; ++c) even[c] += w0 * load<V>(row0 + c * W);
-                    }
-                    const V scale = splat_value<V>(L.constant);
-                    for (int c = 0; c < C; ++c) message[c] += scale * (even[c] + odd[c]);
+                    const float f = L.constant;
+                    const auto* full = static_cast<const float*>(sliced[l]);
+                    const auto* half = static_cast<const uint16_t*>(sliced[l]);
+                    if (L.d1 == 6 && job.half[l])
+                        slice_rows<6, V, W, CMAX>(half, offset, weight, KP, C, f, message);
+                    else if (L.d1 == 6)
+                        slice_rows<6, V, W, CMAX>(full, offset, weight, KP, C, f, message);
+                    else if (job.half[l])
+                        slice_rows<3, V, W, CMAX>(half, offset, weight, KP, C, f, message);
+                    else
+                        slice_rows<3, V, W, CMAX>(full, offset, weight, KP, C, f, message);
                 }
                 if (job.compatibility) {  // e = -(u + message @ mu)
                     float m[MAX_KP];
@@ -631,62 +771,82 @@ void pixel_pass(Job& job, int t, int64_t p0, int64_t p1, int from, bool first, b
                 std::memcpy(job.out + (b0 + i) * K, &block_q[i * KP], sizeof(float) * K);
             continue;
         }
+        // Consecutive pixels in one simplex (a flat region) add into the same rows: a run of
+        // them is summed in registers and each row is read and written once per run.
         for (size_t l = 0; l < n_lattices; ++l) {
             const Lattice& L = *job.lattices[l];
-            float* vertices = splat[l];
-            for (int i = 0; i < n; ++i) {
-                const int32_t* offset = &L.offset[(b0 + i) * L.d1];
-                const float* weight = &L.weight[(b0 + i) * L.d1];
-                for (int c = 0; c < C; ++c) q[c] = load<V>(&block_q[i * KP + c * W]);
-                for (int r = 0; r < L.d1; ++r) {
-                    const V w = splat_value<V>(weight[r]);
-                    float* row = vertices + size_t(offset[r]) * KP;
-                    for (int c = 0; c < C; ++c) store(row + c * W, load<V>(row + c * W) + w * q[c]);
-                }
+            for (int i = 0; i < n;) {
+                int end = i + 1;
+                while (end < n && L.same[b0 + end]) ++end;
+                if (L.d1 == 6)
+                    splat_run<6, V, W, CMAX>(splat[l], side[l], L, b0, i, end, block_q, KP, C);
+                else
+                    splat_run<3, V, W, CMAX>(splat[l], side[l], L, b0, i, end, block_q, KP, C);
+                i = end;
             }
         }
     }
 }
 
-// The threads' splat buffers of set `from`, summed into buffer 0 (and cleared), and buffer 0
-// of the other set (sliced by the last pass) cleared for the next splat, over vertices v0..v1.
+// Before the blur of lattice l: the threads' side rows of shared vertices s0..s1 added into
+// buffer `from` (and cleared), and rows v0..v1 of the other buffer (sliced by the last pass,
+// splatted into by the next) cleared.
 template <int KPT>
-void gather_splats(Job& job, size_t l, int from, int64_t v0, int64_t v1, bool clear_other) {
+void gather_splats(Job& job, size_t l, int from, int64_t s0, int64_t s1, int64_t v0, int64_t v1,
+                   bool clear_other) {
     constexpr int W = lanes<KPT>;
     using V = typename VectorOf<W>::F;
     const int KP = KPT ? KPT : job.KP;
-    auto& set = job.sets[from][l];
-    const size_t begin = size_t(v0) * KP, end = size_t(v1) * KP;
-    float* sum = set[0].data;
-    for (size_t t = 1; t < set.size(); ++t) {
-        float* other = set[t].data;
-        for (size_t i = begin; i < end; i += W) store(sum + i, load<V>(sum + i) + load<V>(other + i));
-        std::memset(other + begin, 0, (end - begin) * sizeof(float));
+    const Lattice& L = *job.lattices[l];
+    float* vertices = job.sets[from][l].data;
+    for (auto& side : job.side[l]) {
+        for (int64_t s = s0; s < s1; ++s) {
+            float* row = vertices + size_t(L.shared[s]) * KP;
+            float* extra = side.data + size_t(s) * KP;
+            for (int c = 0; c < KP; c += W) store(row + c, load<V>(row + c) + load<V>(extra + c));
+            std::memset(extra, 0, sizeof(float) * KP);
+        }
     }
-    if (clear_other) std::memset(job.sets[1 - from][l][0].data + begin, 0, (end - begin) * sizeof(float));
+    if (clear_other)
+        std::memset(job.sets[1 - from][l].data + size_t(v0) * KP, 0, size_t(v1 - v0) * KP * sizeof(float));
 }
 
-// Blur step j of lattice l over vertices v0..v1: v + (n1 + n2) / 2, from one buffer into the
-// other (all rows are read before any is overwritten, as in densecrf).
-template <int KPT>
-void blur_step(Job& job, size_t l, int from, int j, int64_t v0, int64_t v1) {
+// v + (n1 + n2) / 2 for vertices v0..v1 of rows src into dst (all rows are read before any
+// is overwritten, as in densecrf's two buffers).
+template <int KPT, class S, class D>
+void blur_rows(const Job& job, const int32_t* n1, const int32_t* n2, const S* src, D* dst,
+               int64_t v0, int64_t v1) {
     constexpr int W = lanes<KPT>;
     using V = typename VectorOf<W>::F;
     const int KP = KPT ? KPT : job.KP;
     const int C = KP / W;
+    const V half = splat_value<V>(0.5f);
+    for (int64_t v = v0; v < v1; ++v) {
+        const S* a = src + size_t(v) * KP;
+        const S* b = src + size_t(n1[v]) * KP;
+        const S* c = src + size_t(n2[v]) * KP;
+        D* o = dst + size_t(v) * KP;
+        for (int k = 0; k < C; ++k)
+            store_row(o + k * W, load_row<V>(a + k * W) +
+                                     half * (load_row<V>(b + k * W) + load_row<V>(c + k * W)));
+    }
+}
+
+// Blur step j of lattice l over vertices v0..v1, between the buffers of blur_source (or, for
+// a float16 lattice, from the splat buffer into half_rows and between those).
+template <int KPT>
+void blur_step(Job& job, size_t l, int from, int j, int64_t v0, int64_t v1) {
     const Lattice& L = *job.lattices[l];
     const int32_t* n1 = &L.n1[size_t(j) * L.M];
     const int32_t* n2 = &L.n2[size_t(j) * L.M];
-    const float* src = blur_source(job, l, from, j);
-    float* dst = blur_source(job, l, from, j + 1);
-    const V half = splat_value<V>(0.5f);
-    for (int64_t v = v0; v < v1; ++v) {
-        const float* a = src + size_t(v) * KP;
-        const float* b = src + size_t(n1[v]) * KP;
-        const float* c = src + size_t(n2[v]) * KP;
-        float* o = dst + size_t(v) * KP;
-        for (int k = 0; k < C; ++k)
-            store(o + k * W, load<V>(a + k * W) + half * (load<V>(b + k * W) + load<V>(c + k * W)));
+    if (!job.half[l]) {
+        blur_rows<KPT>(job, n1, n2, blur_source(job, l, from, j), blur_source(job, l, from, j + 1),
+                       v0, v1);
+    } else if (j == 0) {
+        blur_rows<KPT>(job, n1, n2, job.sets[from][l].data, job.half_rows[0][l].data, v0, v1);
+    } else {
+        blur_rows<KPT>(job, n1, n2, job.half_rows[(j - 1) % 2][l].data,
+                       job.half_rows[j % 2][l].data, v0, v1);
     }
 }
 
@@ -711,6 +871,15 @@ void mean_field(Job& job) {
     const int T = job.T;
     int max_d1 = 0;
     for (auto* L : job.lattices) max_d1 = std::max(max_d1, L->d1);
+    // Two threads and two lattices of similar blur work (a photo's, typically): one lattice per
+    // thread, which synchronises twice per iteration instead of once per blur step (on a busy
+    // machine every barrier waits for the thread that was descheduled).
+    bool by_lattice = false;
+    if (T == 2 && job.lattices.size() == 2) {
+        const double a = double(job.lattices[0]->M) * job.lattices[0]->d1;
+        const double b = double(job.lattices[1]->M) * job.lattices[1]->d1;
+        by_lattice = std::min(a, b) > 0.7 * std::max(a, b);
+    }
     std::barrier sync(T);
     double pixel_ms = 0, blur_ms = 0;
     run_threads(T, [&](int t) {
@@ -726,13 +895,24 @@ void mean_field(Job& job) {
         for (int it = 0; it < job.iterations; ++it) {
             const int from = it % 2;
             sync.arrive_and_wait();
-            split_lattices(job, t, [](const Lattice& L) { return L.M; }, [&](size_t l, int64_t b, int64_t e) {
-                gather_splats<KPT>(job, l, from, b, e, it > 0);
-            });
-            for (int j = 0; j < max_d1; ++j) {
-                sync.arrive_and_wait();
-                split_lattices(job, t, [j](const Lattice& L) { return j < L.d1 ? L.M : 0; },
-                               [&](size_t l, int64_t b, int64_t e) { blur_step<KPT>(job, l, from, j, b, e); });
+            if (by_lattice) {  // each thread blurs one lattice whole: no barrier per step
+                const Lattice& L = *job.lattices[t];
+                gather_splats<KPT>(job, t, from, 0, int64_t(L.shared.size()), 0, L.M, it > 0);
+                for (int j = 0; j < L.d1; ++j) blur_step<KPT>(job, t, from, j, 0, L.M);
+            } else {
+                for (size_t l = 0; l < job.lattices.size(); ++l) {
+                    const Lattice& L = *job.lattices[l];
+                    const auto [s0, s1] = share(int64_t(L.shared.size()), t, T);
+                    const auto [v0, v1] = share(L.M, t, T);
+                    gather_splats<KPT>(job, l, from, s0, s1, v0, v1, it > 0);
+                }
+                for (int j = 0; j < max_d1; ++j) {
+                    sync.arrive_and_wait();
+                    split_lattices(job, t, [j](const Lattice& L) { return j < L.d1 ? L.M : 0; },
+                                   [&](size_t l, int64_t b, int64_t e) {
+                                       blur_step<KPT>(job, l, from, j, b, e);
+                                   });
+                }
             }
             sync.arrive_and_wait();
             add(blur_ms);
@@ -792,6 +972,8 @@ int run(const float* scores, int logits, const uint8_t* image, int height, int w
             L->rank.resize(size_t(N) * L->d1);
             L->offset.resize(size_t(N) * L->d1);
             L->weight.resize(size_t(N) * L->d1);
+            L->same.resize(size_t(N));
+            L->splat_offset.resize(size_t(N) * L->d1);
             L->min_rem0.resize(size_t(T) * L->d);
             L->max_rem0.resize(size_t(T) * L->d);
         }
@@ -837,6 +1019,7 @@ int run(const float* scores, int logits, const uint8_t* image, int height, int w
         for (int l = t; l < n_lattices; l += builders) {
             HashTable().slots.swap(job.lattices[l]->table.slots);
             normalise(*job.lattices[l], N);
+            mark_shared(*job.lattices[l], N, T);
         }
     });
     if (!ok) return 1;
@@ -844,18 +1027,21 @@ int run(const float* scores, int logits, const uint8_t* image, int height, int w
     try {
         for (auto& set : job.sets) set.resize(n_lattices);
         job.scratch.resize(n_lattices);
+        job.side.resize(n_lattices);
         for (int l = 0; l < n_lattices; ++l) {
             const Lattice& L = *job.lattices[l];
             const size_t rows = size_t(L.M + 1) * job.KP;
-            for (auto& set : job.sets) {
-                set[l] = std::vector<Array<float>>(T);
-                for (auto& buffer : set[l]) {
-                    buffer.resize(rows);
-                    buffer.zero();
-                }
+            for (auto& set : job.sets) set[l].resize_zeroed(rows);
+            job.half[l] = HALF_STORAGE && job.KP % 8 == 0 && L.M > HALF_PRECISION_RATIO * N &&
+                          L.M * job.KP * sizeof(float) > 4 * PREFETCH_BYTES &&
+                          !std::getenv("SEGLAB_CRF_FLOAT32");
+            for (auto& rows_of : job.half_rows) {
+                rows_of.resize(n_lattices);
+                if (job.half[l]) rows_of[l].resize_zeroed(rows);
             }
-            job.scratch[l].resize(rows);
-            job.scratch[l].zero();
+            if (!job.half[l]) job.scratch[l].resize_zeroed(rows);
+            job.side[l] = std::vector<Array<float>>(T);
+            for (auto& side : job.side[l]) side.resize_zeroed(L.shared.size() * job.KP);
         }
     } catch (const std::bad_alloc&) {
         return 1;
