@@ -5,6 +5,9 @@ OUT/overlays/NAME.png (the labels blended over the image); images found in a fol
 sub-folders. An image that cannot be read (or labelled: too small for the model, out of memory)
 is skipped and reported; every other image is labelled.
 Each file is written through a temporary name and a rename, and a failed image writes nothing.
+An RGB-D model reads each image's depth as the folder layout keeps it (seglab/data/depth.py):
+IMAGES/../depth/NAME.png with its scale in IMAGES/../depth.txt, or from the folder `depth`
+names (its depth.txt, or the one beside it); a missing depth file fails that image only.
 """
 
 from __future__ import annotations
@@ -73,6 +76,19 @@ def check_cityscapes_classes(weights: Path, num_classes: int, classes) -> None:
     )
 
 
+def depth_for(image: Path, folder: str | Path | None) -> Any:
+    """(H, W) float32 metres for `image`: FOLDER/NAME.png, FOLDER defaulting to the folder
+    layout's depth/ beside the image's folder; the scale from FOLDER/depth.txt, else
+    FOLDER/../depth.txt."""
+    from seglab.data.depth import DEPTH_FILE, read_depth_png, read_depth_scale
+
+    folder = Path(folder) if folder is not None else image.parent.parent / "depth"
+    scale_root = folder if (folder / DEPTH_FILE).is_file() else folder.parent
+    hint = "give the depth maps' folder with --depth DIR (16-bit PNGs named as the images)"
+    values = read_depth_png(folder / f"{image.stem}.png", hint)
+    return values.astype("float32") * read_depth_scale(scale_root)
+
+
 def predict_files(
     checkpoint: str | Path,
     inputs: Sequence[str | Path],
@@ -83,6 +99,7 @@ def predict_files(
     labelids: bool = False,
     variant: str = "auto",
     backend: str = "torch",
+    depth: str | Path | None = None,
 ) -> Predictions:
     """Label every readable image of `inputs` with the weights of `checkpoint` (a run directory
     or NAME.safetensors) into OUT/labels and OUT/overlays.
@@ -92,7 +109,7 @@ def predict_files(
     seglab.crf preset name. labelids: write Cityscapes labelIds (grayscale, for the benchmark
     server) instead of palette train ids; refused for a model of other classes. variant,
     backend: how the model runs (seglab/fast_inference.py; the default is the fastest variant
-    with eager's labels).
+    with eager's labels). depth: the depth maps' folder for an RGB-D model (depth_for).
     """
     from PIL import Image
     from tqdm import tqdm
@@ -117,6 +134,8 @@ def predict_files(
         weights, "auto", run_inference(config, inference), crf, variant, backend
     )
     images = collect_images(inputs)
+    if depth is not None and not segmenter.takes_depth:
+        raise SeglabError(f"--depth: {weights} is an RGB model; it takes no depth")
     check_window(segmenter.model, segmenter.inference)
     if labelids:
         check_cityscapes_classes(weights, segmenter.num_classes, segmenter.classes)
@@ -127,7 +146,8 @@ def predict_files(
     for path, name in tqdm(images, desc="predicting", unit="img", disable=not progress):
         try:  # reading and labelling come before anything is written for this image
             image = read_image(path)
-            labels = segmenter.predict(image)
+            metres = depth_for(path, depth) if segmenter.takes_depth else None
+            labels = segmenter.predict(image, depth=metres)
         except SeglabError as error:
             result.failed.append((path, str(error)))
             continue
@@ -151,4 +171,10 @@ def predict_files(
     return result
 
 
-__all__ = ["Predictions", "check_cityscapes_classes", "collect_images", "predict_files"]
+__all__ = [
+    "Predictions",
+    "check_cityscapes_classes",
+    "collect_images",
+    "depth_for",
+    "predict_files",
+]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from seglab.data.depth import DEPTH_MEAN, DEPTH_STD, read_depth, write_depth
 from seglab.errors import SeglabError
@@ -159,3 +160,40 @@ def test_short_rgbd_training_learns(tmp_path):
         "{width: 8, layers: [1, 1, 1, 1], decoder_blocks: [1, 1, 1, 1, 1]}", 60,
     )  # fmt: skip
     assert scores["pixel_accuracy"] > 0.5, scores
+
+
+def test_predict_files_reads_each_images_depth_from_the_folder_layout_or_depth_dir(tmp_path):
+    import shutil
+
+    from seglab.data.folder import read_image
+    from seglab.data.shapes import write_shapes_dataset
+    from seglab.inference import Segmenter
+    from seglab.predict import predict_files
+    from seglab.weights import save_weights
+
+    torch.manual_seed(0)
+    root = write_shapes_dataset(tmp_path / "rgbd", 2, 2, size=32, progress=False, depth=True)
+    weights = save_weights(create_model("acnet", 7, 4, **SMALL), tmp_path / "acnet.safetensors")
+    image_path = root / "images" / "val_00000.png"
+    result = predict_files(weights, [image_path], tmp_path / "out", progress=False)
+    assert not result.failed and len(result.written) == 1
+    # the same labels by hand: the depth PNG in millimetres (depth.txt says 0.001), in metres
+    metres = read_depth(root / "depth" / "val_00000.png", 0.001)
+    expected = Segmenter.from_checkpoint(weights).predict(read_image(image_path), depth=metres)
+    assert np.array_equal(np.asarray(Image.open(result.written[0])), expected)
+    # an image outside the layout fails alone, naming the depth file it looked for and the fix
+    lone = tmp_path / "lone" / "photo.png"
+    lone.parent.mkdir()
+    shutil.copy(image_path, lone)
+    result = predict_files(weights, [lone, image_path], tmp_path / "out2", progress=False)
+    assert len(result.written) == 1 and len(result.failed) == 1
+    assert (
+        "photo.png: depth file missing; give the depth maps' folder with --depth DIR"
+        in (result.failed[0][1])
+    )
+    shutil.copy(root / "depth" / "val_00000.png", root / "depth" / "photo.png")
+    result = predict_files(weights, [lone], tmp_path / "out3", progress=False, depth=root / "depth")
+    assert not result.failed and np.array_equal(np.asarray(Image.open(result.written[0])), expected)
+    rgb = save_weights(create_model("unet", 6, 3, width=4, depth=2), tmp_path / "unet.safetensors")
+    with pytest.raises(SeglabError, match="is an RGB model; it takes no depth"):
+        predict_files(rgb, [image_path], tmp_path / "out4", progress=False, depth=root / "depth")

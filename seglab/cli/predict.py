@@ -23,6 +23,7 @@ def run_predict(args: argparse.Namespace) -> int:
         labelids=args.labelids,
         variant=args.variant,
         backend=args.backend,
+        depth=args.depth,
     )
     out = Path(args.out)
     if result.results is not None:  # instance weights
@@ -49,6 +50,12 @@ def declare_predict(parser: argparse.ArgumentParser) -> None:
         "--labelids",
         action="store_true",
         help="write Cityscapes labelIds (for submission) instead of train ids",
+    )
+    parser.add_argument(
+        "--depth",
+        metavar="DIR",
+        help="RGB-D models: the folder of depth PNGs named as the images, with depth.txt in it "
+        "or beside it (default: the folder layout's depth/ beside the images' folder)",
     )
     add_inference_options(parser)
     add_speed_options(parser)
