@@ -58,10 +58,11 @@ def iou_table(rows: dict[str, dict], classes: Sequence[str], first: str) -> list
 
 def run_command(script: str) -> str:
     """This run's command line for the record; with --record-only, the training command
-    (without it) followed by the recording one."""
+    (without it) followed by the recording one (whether the runs stopped early, the section
+    says by the step it names)."""
     args = [a for a in sys.argv[1:] if a != "--no-write"]
     command = shlex.join(["python", script, *args])
     if "--record-only" not in args:
         return command
     trained = shlex.join(["python", script, *(a for a in args if a != "--record-only")])
-    return f"{trained}` (stopped), recorded by `{command}"
+    return f"{trained}`, recorded from its runs' evaluation logs by `{command}"
