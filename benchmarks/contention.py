@@ -141,9 +141,11 @@ def table(results: dict[str, list], repeats: int, crf_repeats: int, load: float)
         f"{torch.__version__}, load average {load:.2f} at the start): median ms of each task "
         'idle and beside one `python3 -c "while True: pass"`. seglab: its default; torch: '
         "SEGLAB_OMP_DEFAULTS=0 (torch's own threads, no thread choice). Goal: loaded/idle <= "
-        "2.5, seglab's idle within 5 % of torch's. seglab changes only the training loop's "
-        "thread count: prediction and dense CRF run the same code in both settings, so their "
-        "idle difference is the machine's noise between the two processes.",
+        "2.5, seglab's idle within 5 % of torch's. seglab chooses the thread count of the "
+        "training loop and of each Segmenter call (seglab/threads.py); the dense CRF runs the "
+        "same code in both settings (its native kernel's threads wait on futexes, not spinning; "
+        "seglab/crf/native.py), so its idle difference is the machine's noise between the two "
+        "processes.",
         "",
         "| task | torch idle | torch loaded | torch ratio | seglab idle | seglab loaded "
         "| seglab ratio | seglab idle / torch idle |",
