@@ -334,17 +334,27 @@ void embed(Lattice& L, const uint8_t* image, int64_t N, int width, int64_t p0, i
     // Local ranges, stored once at the end: the threads' slots share a cache line.
     int32_t lo[D], hi[D];
     for (int i = 0; i < D; ++i) lo[i] = INT32_MAX, hi[i] = INT32_MIN;
+    // Every scaled feature (value / theta) * scale takes one of few values (a column, a row,
+    // a colour level): tables of them, computed by the same float operations, replace a
+    // division per feature and pixel.
+    const int64_t height = (p1 + width - 1) / width;
+    std::vector<float> column(width), row(height), level(D > 2 ? 256 * (D - 2) : 0);
+    for (int64_t i = 0; i < width; ++i) column[i] = (float(i) / L.feature_scale[0]) * scale[0];
+    for (int64_t i = 0; i < height; ++i) row[i] = (float(i) / L.feature_scale[1]) * scale[1];
+    for (int c = 2; c < D; ++c)
+        for (int v = 0; v < 256; ++v)
+            level[(c - 2) * 256 + v] = (float(v) / L.feature_scale[c]) * scale[c];
     int64_t x = p0 % width, y = p0 / width;
     for (int64_t p = p0; p < p1; ++p, ++x) {
         if (x == width) x = 0, ++y;
-        float f[D];
-        f[0] = float(x) / L.feature_scale[0];
-        f[1] = float(y) / L.feature_scale[1];
-        for (int c = 2; c < D; ++c) f[c] = float(image[(c - 2) * N + p]) / L.feature_scale[c];
+        float scaled[D];
+        scaled[0] = column[x];
+        scaled[1] = row[y];
+        for (int c = 2; c < D; ++c) scaled[c] = level[(c - 2) * 256 + image[(c - 2) * N + p]];
         float elevated[D1];
         float sm = 0;
         for (int j = D; j > 0; --j) {
-            const float cf = f[j - 1] * scale[j - 1];
+            const float cf = scaled[j - 1];
             elevated[j] = sm - j * cf;
             sm += cf;
         }
