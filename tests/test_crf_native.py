@@ -148,5 +148,12 @@ def test_half_precision_vertices_take_the_pytorch_path(monkeypatch):
     monkeypatch.setattr(native, "run", lambda *a, **k: pytest.fail("native kernel ran"))
     probabilities, image = _inputs(12, 16, 3, seed=10)
     dense_crf(probabilities, image, "pydensecrf", vertex_dtype=torch.float16)
-    with pytest.raises(SeglabError, match="float32"):
+    with pytest.raises(SeglabError, match="float32 with at most 512 classes"):
         dense_crf(probabilities, image, "pydensecrf", vertex_dtype=torch.float16, backend="native")
+
+
+def test_more_classes_than_the_kernel_holds_take_the_pytorch_path(monkeypatch):
+    monkeypatch.setattr(native, "run", lambda *a, **k: pytest.fail("native kernel ran"))
+    probabilities = torch.softmax(torch.randn(1, native.MAX_CLASSES + 1, 4, 5), 1)
+    q = dense_crf(probabilities, torch.zeros(1, 3, 4, 5, dtype=torch.uint8), "pydensecrf")
+    assert torch.allclose(q.sum(1), torch.ones(1, 4, 5), atol=1e-4)

@@ -349,7 +349,7 @@ def dense_crf(
     # Channels-last (B, H, W, K) storage: every pixel's K values are one row, as the lattice
     # writes them, so no transposing copy is needed.
     out = torch.empty(b, h, w, k, device=scores.device).permute(0, 3, 1, 2)
-    if native.chosen(backend, scores.device, vertex_dtype):
+    if native.chosen(backend, scores.device, vertex_dtype, k):
         numbers = astuple(params)[:5]  # w1, theta_alpha, theta_beta, w2, theta_gamma
         threads = torch.get_num_threads() if threads is None else threads
         for i in range(b):

@@ -41,6 +41,7 @@ FLAGS = ["-O3", "-std=c++20", "-shared", "-fPIC", "-pthread"]
 # Tried first: the kernel is compiled on the machine that runs it, so it may use all its
 # vector instructions; without it (a compiler that rejects it) the build is portable.
 ARCH_FLAGS = ["-march=native"]
+MAX_CLASSES = 512  # dense_kernel.cpp's MAX_KP
 ERRORS = {
     1: "out of memory",
     2: "the features span too large a lattice (scale them down)",
@@ -186,16 +187,16 @@ def available() -> bool:
     return load() is not None
 
 
-def chosen(backend: str | None, device: torch.device, vertex_dtype) -> bool:
+def chosen(backend: str | None, device: torch.device, vertex_dtype, classes: int = 1) -> bool:
     """Whether dense_crf runs the compiled kernel for this backend argument (see dense_crf)."""
     choice = backend_choice(backend)
     if choice == "torch":
         return False
-    if device.type != "cpu" or vertex_dtype == torch.float16:
+    if device.type != "cpu" or vertex_dtype == torch.float16 or classes > MAX_CLASSES:
         if choice == "native":
             raise SeglabError(
-                "the native dense CRF kernel runs on CPU tensors in float32; "
-                "use backend='torch' for other devices or vertex_dtype=torch.float16"
+                f"the native dense CRF kernel runs on CPU tensors in float32 with at most "
+                f"{MAX_CLASSES} classes; use backend='torch'"
             )
         return False
     if choice == "native" and not available():
