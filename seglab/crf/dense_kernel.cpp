@@ -6,15 +6,22 @@
 //
 // What makes it faster than the PyTorch path and densecrf:
 // - one pass over the pixels per iteration: slice both lattices, update Q (softmax), splat Q
-//   for the next iteration while it is still in registers; the class dimension is contiguous
-//   and padded to a multiple of 4 (KP), the loops fixed-size (templated) so they vectorise;
+//   for the next iteration while it is still in the cache (a run of pixels in one simplex is
+//   summed in registers first); the class dimension is contiguous and padded to whole
+//   vectors (KP), the loops fixed-size (templated) so they vectorise;
 // - both kernels' messages in that one pass; their weights and normalisations folded into the
 //   per-pixel barycentric weights once;
 // - a hash table of 64-bit vertex codes for the build, which reuses the previous pixel's
 //   vertices when it falls into the same simplex (flat regions);
+// - float16 storage for the blur and slice of a lattice with more vertices than half the
+//   pixels (a noisy image's), as dense.py's vertex_dtype; float32 arithmetic throughout;
 // - threads: std::thread + std::barrier per call (futex waits after a short spin, so a busy
-//   machine is not spun on); the splat of each thread goes to its own vertex buffer, summed
-//   by the first blur step, so the result does not depend on scheduling.
+//   machine is not spun on); each thread's pixels splat into one shared buffer except at the
+//   few vertices that two threads' pixels reach (per-thread side rows, summed before the
+//   blur), so the result does not depend on scheduling;
+// - large blocks are kept between calls (Pool) rather than faulted in afresh.
+// SEGLAB_CRF_PROFILE=1 (CPU time) or =wall prints the time of each phase to stderr;
+// SEGLAB_CRF_FLOAT32=1 turns the float16 storage off.
 #include <algorithm>
 #include <ctime>
 #include <cstdio>
@@ -67,20 +74,23 @@ inline int32_t float_to_bits(float f) {
     return i;
 }
 
-// 2^x for x <= 0 (clamped at -126, the smallest normal), relative error ~1e-7: x = n + f with
-// |f| <= 1/2, 2^f by its Taylor series to degree 6. Branch-free, so the loops vectorise.
-inline float exp2_neg(float x) {
-    x = x < -126.0f ? -126.0f : x;
-    const float n = std::nearbyint(x);
-    const float f = x - n;
-    float p = 1.5403530393381609e-4f;
-    p = p * f + 1.3333558146428443e-3f;
+// 2^f for |f| <= 1/2 by its Taylor series to degree 6 (relative error ~1e-7), for a float or
+// a vector of them.
+template <class T> inline T exp2_fraction(T f) {
+    T p = f * 1.5403530393381609e-4f + 1.3333558146428443e-3f;
     p = p * f + 9.6181291076284772e-3f;
     p = p * f + 5.5504108664821580e-2f;
     p = p * f + 2.4022650695910071e-1f;
     p = p * f + 6.9314718055994531e-1f;
-    p = p * f + 1.0f;
-    return p * bits_to_float((static_cast<int32_t>(n) + 127) << 23);
+    return p * f + 1.0f;
+}
+
+// 2^x for x <= 0 (clamped at -126, the smallest normal): x = n + f, n whole, |f| <= 1/2.
+// Branch-free, so the loops vectorise.
+inline float exp2_neg(float x) {
+    x = x < -126.0f ? -126.0f : x;
+    const float n = std::nearbyint(x);
+    return exp2_fraction(x - n) * bits_to_float((static_cast<int32_t>(n) + 127) << 23);
 }
 
 // log2(x) for normal x > 0: x = m 2^e with m in [sqrt(1/2), sqrt(2)), log m by the atanh
@@ -663,22 +673,14 @@ template <class V> inline void store_row(uint16_t* p, V v) {
 template <class V, class I> inline V exp2_neg_v(V x) {
     x = x < -126.0f ? V{} - 126.0f : x;
     const V n = (x + 12582912.0f) - 12582912.0f;
-    const V f = x - n;
-    V p = V{} + 1.5403530393381609e-4f;
-    p = p * f + 1.3333558146428443e-3f;
-    p = p * f + 9.6181291076284772e-3f;
-    p = p * f + 5.5504108664821580e-2f;
-    p = p * f + 2.4022650695910071e-1f;
-    p = p * f + 6.9314718055994531e-1f;
-    p = p * f + 1.0f;
     const I e = (__builtin_convertvector(n, I) + 127) << 23;
     V scale;
     std::memcpy(&scale, &e, sizeof scale);
-    return p * scale;
+    return exp2_fraction(x - n) * scale;
 }
 
-// The buffer lattice l's blur step j reads: buffer 0 of set `from` at even steps, the
-// scratch buffer at odd ones (and writes the other); the slice reads where step d1 - 1 wrote.
+// The buffer lattice l's blur step j reads: vertex buffer `from` at even steps, the scratch
+// buffer at odd ones (and writes the other); the slice reads where step d1 - 1 wrote.
 inline float* blur_source(Job& job, size_t l, int from, int j) {
     return j % 2 == 0 ? job.sets[from][l].data : job.scratch[l].data;
 }

@@ -10,7 +10,9 @@ the load fails, dense_crf runs the pure-PyTorch path (dense.py) and says so in o
 SEGLAB_CRF_BACKEND=torch (or dense_crf(backend="torch")) forces the PyTorch path.
 
 The kernel computes what dense.py computes (the same lattice, base-2 energies and unary) and
-is checked against it and against pydensecrf in tests/test_crf_native.py.
+is checked against it and against pydensecrf in tests/test_crf_native.py. Building it takes
+~7 s on a 2-core machine (three fixed class widths plus a generic one); it keeps up to 256 MB
+of freed buffers for the next call; SEGLAB_CRF_PROFILE=1 prints the time of its phases.
 """
 
 from __future__ import annotations
@@ -103,7 +105,7 @@ def _compile(cxx: str, target: Path) -> str | None:
     """Build the library into target (atomically: a temporary file, then a rename). Returns
     None on success, else the compiler's first error line."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    notice(f"compiling the native kernel once (a few seconds) into {target}")
+    notice(f"compiling the native kernel once (~10 s) into {target}")
     start = time.perf_counter()
     error = "the compiler failed"
     for arch in (ARCH_FLAGS, []):
