@@ -395,7 +395,7 @@ class Segmenter:
                 probs = predict_probabilities(self.runner, inputs, self.inference)
                 if self.crf:
                     probs = self.refine_with_crf(probs, images)
-            self.threads.record((perf_counter() - started) / inputs[0, 0].numel())
+            self.threads.record((perf_counter() - started) / inputs[:, 0].numel())
         finally:
             torch.set_num_threads(before)
         return probs
