@@ -669,6 +669,32 @@ template <class V> inline void store_row(uint16_t* p, V v) {
 #endif
 }
 
+// The maximum and the sum of a vector's lanes, in every lane (a log-step butterfly of
+// shuffles rather than a serial chain over the lanes).
+inline v8f all_lanes_max(v8f v) {
+    v8f w = __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3);
+    v = v > w ? v : w;
+    w = __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5);
+    v = v > w ? v : w;
+    w = __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6);
+    return v > w ? v : w;
+}
+inline v4f all_lanes_max(v4f v) {
+    v4f w = __builtin_shufflevector(v, v, 2, 3, 0, 1);
+    v = v > w ? v : w;
+    w = __builtin_shufflevector(v, v, 1, 0, 3, 2);
+    return v > w ? v : w;
+}
+inline v8f all_lanes_sum(v8f v) {
+    v += __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3);
+    v += __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5);
+    return v + __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6);
+}
+inline v4f all_lanes_sum(v4f v) {
+    v += __builtin_shufflevector(v, v, 2, 3, 0, 1);
+    return v + __builtin_shufflevector(v, v, 1, 0, 3, 2);
+}
+
 // exp2_neg on a vector: rounding by the 1.5 2^23 trick (round to nearest, as nearbyint).
 template <class V, class I> inline V exp2_neg_v(V x) {
     x = x < -126.0f ? V{} - 126.0f : x;
@@ -817,16 +843,13 @@ void pixel_pass(Job& job, int t, int64_t p0, int64_t p1, int from, bool first, b
                 }
                 V highest = q[0];
                 for (int c = 1; c < C; ++c) highest = q[c] > highest ? q[c] : highest;
-                float top = highest[0];
-                for (int k = 1; k < W; ++k) top = std::max(top, float(highest[k]));
+                const V top = all_lanes_max(highest);
                 V total = V{};
                 for (int c = 0; c < C; ++c) {
                     q[c] = exp2_neg_v<V, I>(q[c] - top) * mask[c];
                     total += q[c];
                 }
-                float sum = 0.0f;
-                for (int k = 0; k < W; ++k) sum += total[k];
-                const V scale = splat_value<V>(1.0f / sum);
+                const V scale = splat_value<V>(1.0f) / all_lanes_sum(total);
                 for (int c = 0; c < C; ++c) q[c] *= scale;
             }
             for (int c = 0; c < C; ++c) store(&block_q[i * KP + c * W], q[c]);
