@@ -475,6 +475,11 @@ void insert_vertices(Lattice& L, int64_t N) {
 // offsets that send those to side rows.
 void mark_shared(Lattice& L, int64_t N, int T) {
     const int d1 = L.d1;
+    L.shared.clear();
+    if (T == 1) {  // one thread: nothing is shared
+        std::memcpy(L.splat_offset.data, L.offset.data, sizeof(int32_t) * N * d1);
+        return;
+    }
     std::vector<int8_t> owner(L.M, -1);
     std::vector<int32_t> shared_id(L.M, -1);
     L.shared.clear();
