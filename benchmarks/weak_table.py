@@ -153,7 +153,7 @@ def section(results: dict[str, dict], args: argparse.Namespace) -> str:
         lines.append(
             f"Full supervision itself reaches only {full:.3f} mIoU in {args.iters} steps: the "
             "network is far from trained, so at this budget the rows do not separate the "
-            "methods (1500 steps, unet_shapes.yaml's budget, is the next thing to run)."
+            "methods."
         )
         lines.append("")
     lines += [*args.notes]
@@ -163,9 +163,9 @@ def section(results: dict[str, dict], args: argparse.Namespace) -> str:
 NOTES = [
     "Where seglab falls short of the papers, and why:",
     "- The papers start every network from ImageNet weights and train for tens of thousands "
-    "of steps; here everything is trained from scratch for a few hundred steps on two shared "
-    "CPU cores, so the absolute numbers are far below converged ones and small gaps between "
-    "rows are within run-to-run noise (one seed per row).",
+    "of steps; here everything is trained from scratch (the segmentation rows and the CAM "
+    "classifiers for the steps above) on two shared CPU cores, one seed per row, so gaps of "
+    "a point or two between rows are within run-to-run noise.",
     "- Image tags: MDC reports 60.8 % on VOC test from tags alone (MODELS_2019.md section 8), "
     "with a saliency detector for the background; FickleNet 61.2 % (unverified). seglab has no "
     "saliency detector (a threshold stands in) and its CAM classifier, trained from scratch on "
@@ -173,7 +173,8 @@ NOTES = [
     "- The Gated CRF paper gives no per-setting numbers (section 12); the issue's target is "
     "scribbles within a few points of full supervision.",
     "- Distillation: [SKD] reports ResNet-18 69.10 -> 74.08 with all three terms on Cityscapes "
-    "(section 10); here the teacher is only a wider U-Net trained as briefly as the student.",
+    "(section 10); here the teacher is only a wider U-Net (the teacher row) trained for the "
+    "same number of steps, so there is little it knows that the student does not.",
     "- Label relaxation exists for boundaries; on synthetic shapes with exact masks there is no "
     "label noise at the borders for it to forgive.",
 ]
