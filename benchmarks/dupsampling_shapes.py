@@ -2,8 +2,8 @@
 
     OMP_NUM_THREADS=1 python benchmarks/dupsampling_shapes.py --out runs/dupsampling_shapes
         [--train 1000] [--val 200] [--strides 4 8 16] [--features 16 32] [--iters 600]
-        [--output-stride 16] [--batch-size 8] [--lr 1e-3] [--jobs 2] [--eval-every 100]
-        [--record-only]
+        [--output-stride 16] [--batch-size 8] [--lr 1e-3] [--median-frequency] [--jobs 2]
+        [--eval-every 100] [--record-only]
 
 1. Reconstruction (Tian et al., CVPR 2019, section 3.1): the val masks of a shapes set, each
    one-hot label map reduced to stride r and rebuilt at full size, mIoU of the argmax. Bilinear:
@@ -81,6 +81,7 @@ def train_and_score(root: Path, run_dir: Path, upsampling: str, args) -> dict:
          f"train.checkpoint_every={args.iters}",
          f"train.threads={args.threads}", f"data.batch_size={args.batch_size}",
          f"optim.lr={args.lr}",
+         *(["loss.class_weights=median_frequency"] if args.median_frequency else []),
          f"model.options.upsampling={upsampling}",
          f"model.options.output_stride={args.output_stride}"],
     )  # fmt: skip
@@ -117,7 +118,9 @@ def section(recon: list[dict], trained: dict, step: int, args) -> str:
             "",
             f"Training: `{CONFIG}` (ResNet-18, C' = {RECIPE_FEATURES}) at output stride "
             f"{args.output_stride} against the same network with `upsampling: bilinear`, "
-            f"batch {args.batch_size}, AdamW lr {args.lr:g}, poly over {args.iters} steps, one "
+            f"batch {args.batch_size}, AdamW lr {args.lr:g}, poly over {args.iters} steps"
+            + (", median-frequency class weights" if args.median_frequency else "")
+            + ", one "
             "seed, 1 thread; val IoU (%) at step {step}"
             + ("." if step == args.iters else " (both runs cut there: the machine was busy)."),
             "",
@@ -139,6 +142,8 @@ def main() -> None:
     parser.add_argument("--output-stride", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--median-frequency", action="store_true",
+                        help="median-frequency class weights in both arms")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--jobs", type=int, default=1, choices=(1, 2))
     parser.add_argument("--eval-every", type=int, default=0, help="0: at the end only")
