@@ -51,7 +51,13 @@ constexpr float PROBABILITY_FLOOR = 1e-5f;  // as dense.py and pydensecrf's unar
 constexpr float PAD_COST = 1e30f;           // padded classes: never the max, exp2 -> 0
 constexpr int MAX_KP = 512;
 constexpr uint64_t EMPTY = ~uint64_t(0);
-constexpr size_t PREFETCH_BYTES = size_t(1) << 20;
+// The pixel pass prefetches a lattice's rows only above this size: below it they mostly stay
+// in the cache (4 MiB L2 per core here), and prefetching a 1-8 MiB lattice's rows cost more
+// instructions than it saved (interleaved A/B on the benchmark's photos: 5-20 % of a pixel
+// pass at one thread).
+constexpr size_t PREFETCH_BYTES = size_t(1) << 23;
+// float16 storage only for a lattice whose float32 rows are larger than this.
+constexpr size_t HALF_STORAGE_BYTES = size_t(4) << 20;
 constexpr double HALF_PRECISION_RATIO = 0.5;  // as dense.py's
 
 // Denormals slow every product ~100x on x86; tiny probabilities must not produce them.
@@ -333,6 +339,103 @@ struct Lattice {
     HashTable table;                          // code -> vertex, during the build
 };
 
+// GCC/Clang vector extensions, lowered to the machine's SIMD: the class dimension's vectors in
+// the pixel pass, and 8 pixels at a time in embed_block.
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+typedef float v4f __attribute__((vector_size(16)));
+typedef int32_t v4i __attribute__((vector_size(16)));
+
+#if defined(__AVX__)
+constexpr bool VECTOR_EMBED = true;
+inline v8f ceil_v(v8f v) {
+    __m256 x;
+    std::memcpy(&x, &v, sizeof v);
+    x = _mm256_ceil_ps(x);
+    std::memcpy(&v, &x, sizeof v);
+    return v;
+}
+inline v8f floor_v(v8f v) {
+    __m256 x;
+    std::memcpy(&x, &v, sizeof v);
+    x = _mm256_floor_ps(x);
+    std::memcpy(&v, &x, sizeof v);
+    return v;
+}
+#else
+constexpr bool VECTOR_EMBED = false;
+inline v8f ceil_v(v8f v) { return v; }  // unused: embed takes the scalar path
+inline v8f floor_v(v8f v) { return v; }
+#endif
+
+// embed's arithmetic for 8 pixels at once, one pixel per lane (the scalar loop spent ~115 ns
+// a pixel at d = 5 on branchy scalar code). Every lane runs the scalar code's float
+// operations in the same order: the rank's branches become selects by comparison masks (-1
+// or 0), and bary's scattered additions one masked addition per position (each position
+// gets one += and one -=, exact in either order from 0). The two agree bit for bit under
+// -ffp-contract=off; with the default contraction the compiler fuses different products in
+// each (Q differs by < 1e-5). scaled: (D) features of the 8 pixels; writes rows p..p + 7.
+template <int D>
+inline void embed_block(Lattice& L, const v8f* scaled, int64_t p, v8i* lo, v8i* hi) {
+    constexpr int D1 = D + 1;
+    v8f elevated[D1];
+    v8f sm = {};
+    for (int j = D; j > 0; --j) {
+        const v8f cf = scaled[j - 1];
+        elevated[j] = sm - float(j) * cf;
+        sm += cf;
+    }
+    elevated[0] = sm;
+    v8i rem0[D1];
+    v8f rem0_f[D1];
+    v8i sum = {};
+    for (int i = 0; i < D1; ++i) {
+        const v8f v = elevated[i] * (1.0f / D1);
+        const v8f up_k = ceil_v(v), down_k = floor_v(v);
+        const v8f up = up_k * float(D1), down = down_k * float(D1);
+        const v8i nearer_up = up - elevated[i] < elevated[i] - down;
+        rem0[i] = nearer_up ? __builtin_convertvector(up, v8i) : __builtin_convertvector(down, v8i);
+        sum += nearer_up ? __builtin_convertvector(up_k, v8i) : __builtin_convertvector(down_k, v8i);
+    }
+    for (int i = 0; i < D1; ++i) rem0_f[i] = __builtin_convertvector(rem0[i], v8f);
+    v8i rank[D1] = {};
+    for (int i = 0; i < D; ++i) {
+        const v8f di = elevated[i] - rem0_f[i];
+        for (int j = i + 1; j < D1; ++j) {
+            const v8i j_first = di < elevated[j] - rem0_f[j];  // -1 where true
+            rank[i] -= j_first;
+            rank[j] += 1 + j_first;
+        }
+    }
+    for (int i = 0; i < D1; ++i) {
+        rank[i] += sum;
+        const v8i step = ((rank[i] < 0) & D1) - ((rank[i] > D) & D1);
+        rank[i] += step;
+        rem0[i] += step;
+    }
+    v8f bary[D1 + 1] = {};
+    for (int i = 0; i < D1; ++i) {
+        const v8f v = (elevated[i] - __builtin_convertvector(rem0[i], v8f)) * (1.0f / D1);
+        const v8i at = D - rank[i];
+        for (int k = 0; k < D1; ++k) {
+            const v8f here = at == k ? v : v8f{};
+            bary[k] += here;
+            bary[k + 1] -= here;
+        }
+    }
+    bary[0] += 1.0f + bary[D1];
+    for (int k = 0; k < 8; ++k)
+        for (int i = 0; i < D1; ++i) {
+            L.rem0[(p + k) * D1 + i] = rem0[i][k];
+            L.rank[(p + k) * D1 + i] = int8_t(rank[i][k]);
+            L.weight[(p + k) * D1 + i] = bary[i][k];
+        }
+    for (int i = 0; i < D; ++i) {
+        lo[i] = rem0[i] < lo[i] ? rem0[i] : lo[i];
+        hi[i] = rem0[i] > hi[i] ? rem0[i] : hi[i];
+    }
+}
+
 // Elevation, enclosing simplex, barycentric weights of pixels p0..p1 (densecrf's
 // Permutohedral::init, written as dense.py's lattice.py computes it).
 template <int D>
@@ -355,7 +458,26 @@ void embed(Lattice& L, const uint8_t* image, int64_t N, int width, int64_t p0, i
         for (int v = 0; v < 256; ++v)
             level[(c - 2) * 256 + v] = (float(v) / L.feature_scale[c]) * scale[c];
     int64_t x = p0 % width, y = p0 / width;
-    for (int64_t p = p0; p < p1; ++p, ++x) {
+    int64_t p = p0;
+    if constexpr (VECTOR_EMBED) {  // blocks of 8 pixels; the rest by the scalar loop below
+        v8i block_lo[D], block_hi[D];
+        for (int i = 0; i < D; ++i)
+            for (int k = 0; k < 8; ++k) block_lo[i][k] = INT32_MAX, block_hi[i][k] = INT32_MIN;
+        for (; p + 8 <= p1; p += 8) {
+            v8f scaled[D] = {};  // filled lane by lane
+            for (int k = 0; k < 8; ++k, ++x) {
+                if (x == width) x = 0, ++y;
+                scaled[0][k] = column[x];
+                scaled[1][k] = row[y];
+                for (int c = 2; c < D; ++c) scaled[c][k] = level[(c - 2) * 256 + image[(c - 2) * N + p + k]];
+            }
+            embed_block<D>(L, scaled, p, block_lo, block_hi);
+        }
+        for (int i = 0; i < D; ++i)
+            for (int k = 0; k < 8; ++k)
+                lo[i] = std::min(lo[i], block_lo[i][k]), hi[i] = std::max(hi[i], block_hi[i][k]);
+    }
+    for (; p < p1; ++p, ++x) {
         if (x == width) x = 0, ++y;
         float scaled[D];
         scaled[0] = column[x];
@@ -441,7 +563,11 @@ bool layout(Lattice& L, int T) {
 void insert_vertices(Lattice& L, int64_t N) {
     const int d = L.d, d1 = L.d1;
     HashTable& table = L.table;
-    table.reset(std::max<int64_t>(1024, N / 2));
+    // Sized for a photo's few vertices (it doubles as it fills): a table for N / 2 (8 MiB at
+    // 640x427) is larger than the L2 cache, and nearly every probe of it missed there; a
+    // noisy image's many vertices cost a few rehashes instead. Vertex numbers are the order of
+    // first insertion whatever the size, so the result is the same.
+    table.reset(std::max<int64_t>(4096, N / 64));
     uint64_t sum_stride = 0;
     for (int i = 0; i < d; ++i) sum_stride += L.stride[i];
     uint64_t by_rank[8];
@@ -610,12 +736,8 @@ void prepare_unary(Job& job, const float* scores, bool logits, int64_t p0, int64
     }
 }
 
-// Vectors of the class dimension (GCC/Clang vector extensions, lowered to the machine's SIMD):
-// 8 lanes when KP is a multiple of 8, else 4. KPT = 0 is the generic, runtime-KP version.
-typedef float v8f __attribute__((vector_size(32)));
-typedef int32_t v8i __attribute__((vector_size(32)));
-typedef float v4f __attribute__((vector_size(16)));
-typedef int32_t v4i __attribute__((vector_size(16)));
+// Vectors of the class dimension (v8f and the rest, above): 8 lanes when KP is a multiple of
+// 8, else 4. KPT = 0 is the generic, runtime-KP version.
 template <int W> struct VectorOf;
 template <> struct VectorOf<8> { using F = v8f; using I = v8i; };
 template <> struct VectorOf<4> { using F = v4f; using I = v4i; };
@@ -1136,7 +1258,7 @@ int run(const float* scores, int logits, const uint8_t* image, int height, int w
             const size_t rows = size_t(L.M + 1) * job.KP;
             for (auto& set : job.sets) set[l].resize_zeroed(rows);
             job.half[l] = HALF_STORAGE && job.KP % 8 == 0 && L.M > HALF_PRECISION_RATIO * N &&
-                          L.M * job.KP * sizeof(float) > 4 * PREFETCH_BYTES &&
+                          L.M * job.KP * sizeof(float) > HALF_STORAGE_BYTES &&
                           !std::getenv("SEGLAB_CRF_FLOAT32");
             // Blur buffers: every row but the zero row M is written before it is read.
             for (auto& rows_of : job.half_rows) {
