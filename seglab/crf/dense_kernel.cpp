@@ -346,26 +346,22 @@ typedef int32_t v8i __attribute__((vector_size(32)));
 typedef float v4f __attribute__((vector_size(16)));
 typedef int32_t v4i __attribute__((vector_size(16)));
 
+// Lane-wise ceil or floor (ROUND_UP, ROUND_DOWN) by vroundps, the rounding of std::ceil and
+// std::floor. Templates, so without AVX nothing is instantiated.
 #if defined(__AVX__)
 constexpr bool VECTOR_EMBED = true;
-inline v8f ceil_v(v8f v) {
+constexpr int ROUND_UP = _MM_FROUND_CEIL, ROUND_DOWN = _MM_FROUND_FLOOR;
+template <int MODE> inline v8f round_v(v8f v) {
     __m256 x;
     std::memcpy(&x, &v, sizeof v);
-    x = _mm256_ceil_ps(x);
-    std::memcpy(&v, &x, sizeof v);
-    return v;
-}
-inline v8f floor_v(v8f v) {
-    __m256 x;
-    std::memcpy(&x, &v, sizeof v);
-    x = _mm256_floor_ps(x);
+    x = _mm256_round_ps(x, MODE);
     std::memcpy(&v, &x, sizeof v);
     return v;
 }
 #else
-constexpr bool VECTOR_EMBED = false;
-inline v8f ceil_v(v8f v) { return v; }  // unused: embed takes the scalar path
-inline v8f floor_v(v8f v) { return v; }
+constexpr bool VECTOR_EMBED = false;  // embed takes the scalar path
+constexpr int ROUND_UP = 0, ROUND_DOWN = 1;
+template <int MODE> inline v8f round_v(v8f v) { return v; }
 #endif
 
 // embed's arithmetic for 8 pixels at once, one pixel per lane (the scalar loop spent ~115 ns
@@ -391,7 +387,7 @@ inline void embed_block(Lattice& L, const v8f* scaled, int64_t p, v8i* lo, v8i* 
     v8i sum = {};
     for (int i = 0; i < D1; ++i) {
         const v8f v = elevated[i] * (1.0f / D1);
-        const v8f up_k = ceil_v(v), down_k = floor_v(v);
+        const v8f up_k = round_v<ROUND_UP>(v), down_k = round_v<ROUND_DOWN>(v);
         const v8f up = up_k * float(D1), down = down_k * float(D1);
         const v8i nearer_up = up - elevated[i] < elevated[i] - down;
         rem0[i] = nearer_up ? __builtin_convertvector(up, v8i) : __builtin_convertvector(down, v8i);
