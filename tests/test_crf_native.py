@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from seglab.crf import PRESETS, dense_crf, native
+from seglab.crf.dense import pixel_features
+from seglab.crf.lattice import PermutohedralLattice
 from seglab.crf.reference import pydensecrf_labels
 from seglab.errors import SeglabError
 
@@ -64,6 +66,27 @@ def test_logits_and_compatibility_match_the_pytorch_path(kernel):
         )
         q = dense_crf(logits, images, backend="native", **options)
         assert _close_pixels(q, reference) >= 0.99
+        assert (q.argmax(1) == reference.argmax(1)).float().mean() >= 0.99
+
+
+def test_a_lattice_larger_than_the_cache_matches_the_pytorch_path(kernel, monkeypatch):
+    # Uniform colour noise: more appearance-lattice vertices than pixels, so many that the
+    # kernel renumbers them in code order (dense_kernel.cpp's sort_vertices, above SORT_BYTES
+    # = 4 MiB of float32 rows) and finds their neighbours by merging sorted codes.
+    g = torch.Generator().manual_seed(7)
+    h, w, classes = 180, 240, 21
+    image = torch.randint(0, 256, (1, 3, h, w), generator=g, dtype=torch.uint8)
+    probabilities = torch.softmax(1.5 * torch.randn(1, classes, h, w, generator=g), 1)
+    params = PRESETS["pydensecrf"]
+    features = pixel_features(image[0], params.theta_alpha, params.theta_beta)
+    vertices = PermutohedralLattice.build(features).num_vertices
+    assert vertices * 24 * 4 > 4 * 2**20  # 21 classes pad to 24 float32 lanes
+    monkeypatch.setenv("SEGLAB_CRF_FLOAT32", "1")  # float32 rows, as the reference's
+    reference = dense_crf(probabilities, image, params, backend="torch", vertex_dtype=torch.float32)
+    for threads in (1, 2):
+        q = dense_crf(probabilities, image, params, backend="native", threads=threads)
+        assert _close_pixels(q, reference) >= 0.99
+        assert (q - reference).abs().mean() < 1e-5
         assert (q.argmax(1) == reference.argmax(1)).float().mean() >= 0.99
 
 

@@ -13,6 +13,8 @@
 //   per-pixel barycentric weights once;
 // - a hash table of 64-bit vertex codes for the build, which reuses the previous pixel's
 //   vertices when it falls into the same simplex (flat regions);
+// - a lattice larger than the cache renumbered in the order of its codes, so that the blur
+//   reads neighbours from a window that stays in the cache (sort_vertices);
 // - float16 storage for the blur and slice of a lattice with more vertices than half the
 //   pixels (a noisy image's), as dense.py's vertex_dtype; float32 arithmetic throughout;
 // - threads: std::thread + std::barrier per call (futex waits after a short spin, so a busy
@@ -33,6 +35,7 @@
 #include <exception>
 #include <mutex>
 #include <new>
+#include <numeric>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -59,6 +62,9 @@ constexpr size_t PREFETCH_BYTES = size_t(1) << 23;
 // float16 storage only for a lattice whose float32 rows are larger than this.
 constexpr size_t HALF_STORAGE_BYTES = size_t(4) << 20;
 constexpr double HALF_PRECISION_RATIO = 0.5;  // as dense.py's
+// Vertices renumbered in code order (sort_vertices) for a lattice whose float32 rows are
+// larger than this (the L2 cache of a core here).
+constexpr size_t SORT_BYTES = size_t(4) << 20;
 
 // Denormals slow every product ~100x on x86; tiny probabilities must not produce them.
 struct FlushDenormals {
@@ -337,6 +343,7 @@ struct Lattice {
     std::vector<uint64_t> stride;
     std::vector<int32_t> min_rem0, max_rem0;  // (T, d) per-thread ranges of rem0
     HashTable table;                          // code -> vertex, during the build
+    bool sorted = false;                      // vertices renumbered in code order
 };
 
 // GCC/Clang vector extensions, lowered to the machine's SIMD: the class dimension's vectors in
@@ -623,19 +630,73 @@ void mark_shared(Lattice& L, int64_t N, int T) {
     }
 }
 
+// A lattice larger than the cache (a noisy image's: more vertices than pixels) is renumbered
+// in the order of its codes, coordinate 0 most significant. A vertex's neighbour along any
+// direction differs from it by at most d in coordinate 0, so in code order the blur's reads
+// of neighbours fall in a window of a few values of coordinate 0 that moves through the
+// buffer with it and stays in the cache (in pixel order they fall anywhere in a buffer several
+// times the cache), and the neighbours are found by merging sorted codes instead of hash
+// look-ups. Every sum still adds the same terms in the same order: the result is unchanged.
+void sort_vertices(Lattice& L, int64_t N) {
+    const int64_t M = L.M;
+    std::vector<uint64_t>& codes = L.table.codes;
+    uint64_t any = 1;
+    for (const uint64_t code : codes) any |= code;
+    const int bits = 64 - __builtin_clzll(any);
+    // Least significant digit first radix sort of (code, vertex), 11 bits a pass.
+    constexpr int DIGIT = 11;
+    std::vector<uint64_t> spare_codes(M);
+    std::vector<int32_t> order(M), spare_order(M);
+    std::iota(order.begin(), order.end(), 0);
+    std::vector<int64_t> start((1 << DIGIT) + 1);
+    for (int shift = 0; shift < bits; shift += DIGIT) {
+        std::fill(start.begin(), start.end(), 0);
+        const uint64_t mask = (uint64_t(1) << DIGIT) - 1;
+        for (int64_t v = 0; v < M; ++v) ++start[((codes[v] >> shift) & mask) + 1];
+        for (size_t i = 1; i < start.size(); ++i) start[i] += start[i - 1];
+        for (int64_t v = 0; v < M; ++v) {
+            const int64_t at = start[(codes[v] >> shift) & mask]++;
+            spare_codes[at] = codes[v];
+            spare_order[at] = order[v];
+        }
+        codes.swap(spare_codes);
+        order.swap(spare_order);
+    }
+    std::vector<int32_t> renumbered(M);
+    for (int64_t v = 0; v < M; ++v) renumbered[order[v]] = int32_t(v);
+    for (int64_t i = 0; i < N * L.d1; ++i) L.offset[i] = renumbered[L.offset[i]];
+    HashTable().slots.swap(L.table.slots);  // sorted codes replace the table
+    L.sorted = true;
+}
+
 // Neighbours of vertices v0..v1 (read-only look-ups, so threads split the vertices): along
 // direction j, key - 1 everywhere except key[j] + d (n1), and the mirror (n2); the code is
 // linear in the key, so n1 is one constant offset, and a is b's n2 exactly when b is a's n1.
+// Sorted codes plus a constant stay sorted: one merge per direction finds them.
 void find_neighbours(Lattice& L, int64_t v0, int64_t v1) {
     uint64_t sum_stride = 0;
     for (int i = 0; i < L.d; ++i) sum_stride += L.stride[i];
     const HashTable& table = L.table;
+    const std::vector<uint64_t>& codes = table.codes;
     for (int j = 0; j < L.d1; ++j) {
         const uint64_t delta = L.d1 * L.stride[j] - sum_stride;
         int32_t* n1 = &L.n1[size_t(j) * L.M];
         int32_t* n2 = &L.n2[size_t(j) * L.M];
+        if (L.sorted) {
+            if (v0 >= v1) continue;
+            int64_t k = std::lower_bound(codes.begin(), codes.end(), codes[v0] + delta) - codes.begin();
+            for (int64_t v = v0; v < v1; ++v) {
+                const uint64_t wanted = codes[v] + delta;
+                while (k < L.M && codes[k] < wanted) ++k;
+                if (k < L.M && codes[k] == wanted) {
+                    n1[v] = int32_t(k);
+                    n2[k] = int32_t(v);
+                }
+            }
+            continue;
+        }
         for (int64_t v = v0; v < v1; ++v) {
-            const int32_t found = table.find(table.codes[v] + delta);
+            const int32_t found = table.find(codes[v] + delta);
             if (found >= 0) {
                 n1[v] = found;
                 n2[found] = int32_t(v);
@@ -1226,7 +1287,11 @@ int run(const float* scores, int logits, const uint8_t* image, int height, int w
     const int n_lattices = int(job.lattices.size());
     const int builders = std::min(T, n_lattices);
     ok = run_threads(builders, [&](int t) {
-        for (int l = t; l < n_lattices; l += builders) insert_vertices(*job.lattices[l], N);
+        for (int l = t; l < n_lattices; l += builders) {
+            Lattice& L = *job.lattices[l];
+            insert_vertices(L, N);
+            if (size_t(L.M) * job.KP * sizeof(float) > SORT_BYTES) sort_vertices(L, N);
+        }
     });
     if (!ok) return 1;
     clock.lap("hash");
