@@ -25,6 +25,7 @@
 // SEGLAB_CRF_PROFILE=1 (CPU time) or =wall prints the time of each phase to stderr;
 // SEGLAB_CRF_FLOAT32=1 turns the float16 storage off.
 #include <algorithm>
+#include <atomic>
 #include <ctime>
 #include <cstdio>
 #include <cstdlib>
@@ -1265,11 +1266,18 @@ int run(const float* scores, int logits, const uint8_t* image, int height, int w
     } catch (const std::bad_alloc&) {
         return 1;
     }
-    // The per-pixel work of the build and the unary, split by pixels.
+    // The unary, in chunks taken by whichever thread is free: with the hash tables below (one
+    // lattice per thread, the appearance lattice's the longer), or first when there are none.
+    std::atomic<int64_t> next_unary{0};
+    auto unary_chunks = [&] {
+        constexpr int64_t CHUNK = 4096;
+        for (int64_t c; (c = next_unary.fetch_add(CHUNK)) < N;)
+            prepare_unary(job, scores, logits != 0, c, std::min(N, c + CHUNK));
+    };
+    // The per-pixel work of the build, split by pixels.
     bool ok = run_threads(T, [&](int t) {
         const auto [p0, p1] = share(N, t, T);
-        prepare_unary(job, scores, logits != 0, p0, p1);
-        if (t == 0) clock.lap("unary");
+        if (job.lattices.empty()) unary_chunks();
         for (auto* L : job.lattices) {
             if (L->d == 5)
                 embed<5>(*L, image, N, width, p0, p1, t);
@@ -1286,11 +1294,11 @@ int run(const float* scores, int logits, const uint8_t* image, int height, int w
     }
     for (auto* L : job.lattices)
         if (!layout(*L, T)) return 2;
-    // The hash tables, one lattice per thread.
+    // The hash tables, one lattice per thread, then the rest of the unary.
     const int n_lattices = int(job.lattices.size());
     const int builders = std::min(T, n_lattices);
-    ok = run_threads(builders, [&](int t) {
-        for (int l = t; l < n_lattices; l += builders) {
+    ok = run_threads(T, [&](int t) {
+        for (int l = t; l < n_lattices; l += T) {
             Lattice& L = *job.lattices[l];
             if (L.d == 5)
                 insert_vertices<5>(L, N);
@@ -1298,9 +1306,10 @@ int run(const float* scores, int logits, const uint8_t* image, int height, int w
                 insert_vertices<2>(L, N);
             if (size_t(L.M) * job.KP * sizeof(float) > SORT_BYTES) sort_vertices(L, N);
         }
+        unary_chunks();
     });
     if (!ok) return 1;
-    clock.lap("hash");
+    clock.lap("hash, unary");
     ok = run_threads(T, [&](int t) {
         split_lattices(job, t, [](const Lattice& L) { return L.M; },
                        [&](size_t l, int64_t b, int64_t e) { find_neighbours(*job.lattices[l], b, e); });
