@@ -72,7 +72,8 @@ def test_logits_and_compatibility_match_the_pytorch_path(kernel):
 def test_a_lattice_larger_than_the_cache_matches_the_pytorch_path(kernel, monkeypatch):
     # Uniform colour noise: more appearance-lattice vertices than pixels, so many that the
     # kernel renumbers them in code order (dense_kernel.cpp's sort_vertices, above SORT_BYTES
-    # = 4 MiB of float32 rows) and finds their neighbours by merging sorted codes.
+    # = 4 MiB of float32 rows), finds their neighbours by merging sorted codes, and visits the
+    # pixels in the order of their simplices (reorder_pixels), writing each back to its place.
     g = torch.Generator().manual_seed(7)
     h, w, classes = 180, 240, 21
     image = torch.randint(0, 256, (1, 3, h, w), generator=g, dtype=torch.uint8)

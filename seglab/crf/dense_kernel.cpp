@@ -735,6 +735,8 @@ struct Job {
     std::vector<Lattice*> lattices;
     Array<float> unary;        // (N, KP) base-2 costs, each row's minimum 0, pads PAD_COST
     Array<float> q0;           // (N, KP) the starting Q
+    // Pixel i of the passes is image pixel pixel_of[i] (reorder_pixels), or i when it is empty.
+    std::vector<int32_t> pixel_of;
     std::vector<float> mask;   // (KP): 1 for a class, 0 for a pad
     std::vector<float> compatibility_rows;  // (K, KP): the (K, K) base-2 cost, padded
     const float* compatibility = nullptr;  // its data, or null (Potts)
@@ -1044,7 +1046,8 @@ void pixel_pass(Job& job, int t, int64_t p0, int64_t p1, int from, bool first, b
         }
         if (last) {
             for (int i = 0; i < n; ++i)
-                std::memcpy(job.out + (b0 + i) * K, &block_q[i * KP], sizeof(float) * K);
+                std::memcpy(job.out + (job.pixel_of.empty() ? b0 + i : job.pixel_of[b0 + i]) * K,
+                            &block_q[i * KP], sizeof(float) * K);
             continue;
         }
         // Consecutive pixels in one simplex (a flat region) add into the same rows: a run of
@@ -1140,6 +1143,56 @@ void split_lattices(Job& job, int t, Count count, Step step) {
         if (b < e) step(l, b, e);
         base += n;
     }
+}
+
+// The passes visit the pixels of an image whose appearance lattice is larger than the cache
+// (a noisy image's) in the order of their simplex's first corner, the lattice's vertices being
+// in code order (sort_vertices): consecutive pixels then slice and splat rows of neighbouring
+// vertices, which stay in the cache, where in image order each pixel's rows lie anywhere in a
+// buffer many times the cache. The per-pixel arrays of both lattices and the unary are
+// permuted once, and the last pass writes each pixel's Q to its place in the image. (Only the
+// order in which pixels add into a vertex's row changes: float32 rounding.) Runs on T threads.
+void reorder_pixels(Job& job, const Lattice& key, int T) {
+    const int64_t N = job.N;
+    const int KP = job.KP;
+    std::vector<int64_t> start(key.M + 1, 0);
+    for (int64_t p = 0; p < N; ++p) ++start[key.offset[p * key.d1] + 1];
+    for (int64_t v = 0; v < key.M; ++v) start[v + 1] += start[v];
+    job.pixel_of.resize(N);
+    for (int64_t p = 0; p < N; ++p) job.pixel_of[start[key.offset[p * key.d1]]++] = int32_t(p);
+    std::vector<Array<int32_t>> offset(job.lattices.size());
+    std::vector<Array<float>> weight(job.lattices.size());
+    Array<float> unary(size_t(N) * KP), q0(size_t(N) * KP);
+    for (size_t l = 0; l < job.lattices.size(); ++l) {
+        offset[l].resize(size_t(N) * job.lattices[l]->d1);
+        weight[l].resize(size_t(N) * job.lattices[l]->d1);
+    }
+    const bool ok = run_threads(T, [&](int t) {
+        const auto [i0, i1] = share(N, t, T);
+        for (size_t l = 0; l < job.lattices.size(); ++l) {
+            Lattice& L = *job.lattices[l];
+            const int d1 = L.d1;
+            for (int64_t i = i0; i < i1; ++i) {
+                const int64_t p = job.pixel_of[i];
+                std::memcpy(&offset[l][i * d1], &L.offset[p * d1], sizeof(int32_t) * d1);
+                std::memcpy(&weight[l][i * d1], &L.weight[p * d1], sizeof(float) * d1);
+                L.same[i] = i > 0 && std::memcmp(&offset[l][i * d1], &L.offset[job.pixel_of[i - 1] * d1],
+                                                 sizeof(int32_t) * d1) == 0;
+            }
+        }
+        for (int64_t i = i0; i < i1; ++i) {
+            const int64_t p = job.pixel_of[i];
+            std::memcpy(&unary[i * KP], &job.unary[p * KP], sizeof(float) * KP);
+            std::memcpy(&q0[i * KP], &job.q0[p * KP], sizeof(float) * KP);
+        }
+    });
+    if (!ok) throw std::bad_alloc();
+    for (size_t l = 0; l < job.lattices.size(); ++l) {
+        job.lattices[l]->offset = std::move(offset[l]);
+        job.lattices[l]->weight = std::move(weight[l]);
+    }
+    job.unary = std::move(unary);
+    job.q0 = std::move(q0);
 }
 
 template <int KPT>
@@ -1323,8 +1376,18 @@ int run(const float* scores, int logits, const uint8_t* image, int height, int w
                 normalise<6>(*job.lattices[l], N);
             else
                 normalise<3>(*job.lattices[l], N);
-            mark_shared(*job.lattices[l], N, T);
         }
+    });
+    if (!ok) return 1;
+    if (job.lattices[0]->d == 5 && job.lattices[0]->sorted) {
+        try {
+            reorder_pixels(job, *job.lattices[0], T);
+        } catch (const std::bad_alloc&) {
+            return 1;
+        }
+    }
+    ok = run_threads(builders, [&](int t) {
+        for (int l = t; l < n_lattices; l += builders) mark_shared(*job.lattices[l], N, T);
     });
     if (!ok) return 1;
     clock.lap("normalise");
