@@ -961,10 +961,12 @@ void pixel_pass(Job& job, int t, int64_t p0, int64_t p1, int from, bool first, b
     const void* sliced[2] = {};
     float* splat[2] = {};
     float* side[2] = {};
-    // Prefetching pays only for a lattice whose rows do not stay in the (L2) cache.
+    // Prefetching pays only for a lattice whose rows do not stay in the (L2) cache, or whose
+    // rows the pixels reach in no order (every lattice once the pixels are reordered: 0.83-0.90x
+    // the time of the noise case, A/B).
     bool prefetch[2] = {};
     for (size_t l = 0; l < n_lattices; ++l) {
-        prefetch[l] = job.lattices[l]->M * KP * sizeof(float) > PREFETCH_BYTES;
+        prefetch[l] = job.lattices[l]->M * KP * sizeof(float) > PREFETCH_BYTES || !job.pixel_of.empty();
         sliced[l] = sliced_rows(job, l, from);
         splat[l] = job.sets[1 - from][l].data;
         side[l] = job.side[l][t].data;
