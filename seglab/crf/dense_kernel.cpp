@@ -339,6 +339,7 @@ struct Lattice {
     // every other vertex is one thread's alone, so all threads splat into one buffer).
     Array<int32_t> splat_offset;  // (N, d1)
     std::vector<int32_t> shared;  // (S) the shared vertices
+    std::vector<int32_t> shared_id;  // (M) each vertex's index in shared, or -1
     std::vector<int32_t> n1, n2;  // (d1, M) neighbours along each direction (M: none)
     std::vector<int64_t> low;     // code layout: per-coordinate minimum minus a margin
     std::vector<uint64_t> stride;
@@ -601,36 +602,6 @@ void insert_vertices(Lattice& L, int64_t N) {
     L.n2.assign(size_t(d1) * L.M, int32_t(L.M));
     L.rem0.resize(0);
     L.rank.resize(0);
-}
-
-// The vertices that pixels of more than one of the T threads' ranges splat to, and the splat
-// offsets that send those to side rows.
-void mark_shared(Lattice& L, int64_t N, int T) {
-    const int d1 = L.d1;
-    L.shared.clear();
-    if (T == 1) {  // one thread: nothing is shared
-        std::memcpy(L.splat_offset.data, L.offset.data, sizeof(int32_t) * N * d1);
-        return;
-    }
-    std::vector<int8_t> owner(L.M, -1);
-    std::vector<int32_t> shared_id(L.M, -1);
-    L.shared.clear();
-    for (int t = 0; t < T; ++t) {
-        const auto [p0, p1] = share(N, t, T);
-        for (int64_t i = p0 * d1; i < p1 * d1; ++i) {
-            const int32_t v = L.offset[i];
-            if (owner[v] < 0) {
-                owner[v] = int8_t(t);
-            } else if (owner[v] != t && shared_id[v] < 0) {
-                shared_id[v] = int32_t(L.shared.size());
-                L.shared.push_back(v);
-            }
-        }
-    }
-    for (int64_t i = 0; i < N * d1; ++i) {
-        const int32_t s = shared_id[L.offset[i]];
-        L.splat_offset[i] = s >= 0 ? -1 - s : L.offset[i];
-    }
 }
 
 // A lattice larger than the cache (a noisy image's: more vertices than pixels) is renumbered
@@ -1147,6 +1118,47 @@ void split_lattices(Job& job, int t, Count count, Step step) {
     }
 }
 
+// The vertices that pixels of more than one of the T threads' ranges splat to, and the splat
+// offsets that send those to side rows, on the T threads: each marks the vertices its pixels
+// reach (no branch: which thread reaches a vertex is random on a textured image), one thread
+// per lattice lists those that more than one thread reached, in vertex order, and each writes
+// its pixels' splat offsets. `sync` is the T threads' barrier; reached (T, M) is scratch.
+void mark_shared(Job& job, int t, std::barrier<>& sync, std::vector<std::vector<Array<uint8_t>>>& reached) {
+    const int T = job.T;
+    const int64_t N = job.N;
+    const auto [p0, p1] = share(N, t, T);
+    const size_t n_lattices = job.lattices.size();
+    for (size_t l = 0; l < n_lattices; ++l) {
+        Lattice& L = *job.lattices[l];
+        uint8_t* mine = reached[l][t].data;
+        std::memset(mine, 0, L.M);
+        for (int64_t i = p0 * L.d1; i < p1 * L.d1; ++i) mine[L.offset[i]] = 1;
+    }
+    sync.arrive_and_wait();
+    for (size_t l = t; l < n_lattices; l += T) {
+        Lattice& L = *job.lattices[l];
+        L.shared.clear();
+        L.shared_id.assign(L.M, -1);
+        for (int64_t v = 0; v < L.M; ++v) {
+            int count = 0;
+            for (int u = 0; u < T; ++u) count += reached[l][u][v];
+            if (count > 1) {
+                L.shared_id[v] = int32_t(L.shared.size());
+                L.shared.push_back(int32_t(v));
+            }
+        }
+    }
+    sync.arrive_and_wait();
+    for (size_t l = 0; l < n_lattices; ++l) {
+        Lattice& L = *job.lattices[l];
+        const int32_t* id = L.shared_id.data();
+        for (int64_t i = p0 * L.d1; i < p1 * L.d1; ++i) {
+            const int32_t o = L.offset[i], s = id[o];
+            L.splat_offset[i] = s >= 0 ? -1 - s : o;
+        }
+    }
+}
+
 // The passes visit the pixels of an image whose appearance lattice is larger than the cache
 // (a noisy image's) in the order of their simplex's first corner, the lattice's vertices being
 // in code order (sort_vertices): consecutive pixels then slice and splat rows of neighbouring
@@ -1388,10 +1400,25 @@ int run(const float* scores, int logits, const uint8_t* image, int height, int w
             return 1;
         }
     }
-    ok = run_threads(builders, [&](int t) {
-        for (int l = t; l < n_lattices; l += builders) mark_shared(*job.lattices[l], N, T);
-    });
-    if (!ok) return 1;
+    if (T == 1) {  // one thread: nothing is shared
+        for (auto* L : job.lattices)
+            std::memcpy(L->splat_offset.data, L->offset.data, sizeof(int32_t) * N * L->d1);
+    } else {
+        std::vector<std::vector<Array<uint8_t>>> reached(n_lattices);
+        try {
+            for (int l = 0; l < n_lattices; ++l) {
+                reached[l].resize(T);
+                for (auto& row : reached[l]) row.resize(job.lattices[l]->M);
+                job.lattices[l]->shared.reserve(job.lattices[l]->M);
+                job.lattices[l]->shared_id.reserve(job.lattices[l]->M);
+            }
+        } catch (const std::bad_alloc&) {
+            return 1;
+        }
+        std::barrier<> sync(T);
+        ok = run_threads(T, [&](int t) { mark_shared(job, t, sync, reached); });
+        if (!ok) return 1;
+    }
     clock.lap("normalise");
     try {
         for (auto& set : job.sets) set.resize(n_lattices);
