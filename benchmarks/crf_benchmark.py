@@ -2,9 +2,10 @@
 
     .venv/bin/python benchmarks/crf_benchmark.py [--repeats 3] [--warm] [--quick] [--no-write]
 
-seglab runs dense_crf's default backend: the compiled kernel (seglab/crf/native.py, built on
-first use, before the timed runs) where a C++ compiler is, else the PyTorch path; the script
-prints which. SEGLAB_CRF_BACKEND=torch measures the PyTorch path.
+seglab runs dense_crf_labels (labels, as pydensecrf_labels returns them) with the default
+backend: the compiled kernel (seglab/crf/native.py, built on first use, before the timed runs)
+where a C++ compiler is, else the PyTorch path; the script prints which.
+SEGLAB_CRF_BACKEND=torch measures the PyTorch path.
 
 Each case runs pydensecrf, seglab with 2 threads and seglab with 1 thread alternately `repeats`
 times on the same unary and image (so a drifting machine slows all alike) and reports the best
@@ -41,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from results_file import write_section  # benchmarks/, the script's folder, is on sys.path
 
-from seglab.crf import PRESETS, DenseCRFParams, dense_crf, native
+from seglab.crf import PRESETS, DenseCRFParams, dense_crf_labels, native
 from seglab.crf.dense import _smoothness_kernel
 from seglab.crf.reference import pydensecrf_labels
 
@@ -118,7 +119,7 @@ def seglab_runner(threads: int, warm: bool):
         torch.set_num_threads(threads)
         if not warm:
             _smoothness_kernel.cache_clear()
-        return dense_crf(probabilities[None], image[None], preset=p)[0].argmax(0).numpy()
+        return dense_crf_labels(probabilities[None], image[None], preset=p)[0].numpy()
 
     return run
 
@@ -206,7 +207,7 @@ def main() -> None:
         HEADING,
         f"""{HEADING}
 
-seglab.crf.dense_crf ({backend_name()}, default settings) against
+seglab.crf.dense_crf_labels ({backend_name()}, default settings) against
 pydensecrf2 (Kraehenbuehl's C++ densecrf, single-threaded) on the same unary and image, preset
 `{args.preset}` ({params}). Times are wall seconds, best of {args.repeats} interleaved runs, with
 {lattices} inside every timed call; agreement = share of pixels with pydensecrf's label;

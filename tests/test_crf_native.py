@@ -8,7 +8,7 @@ and pydensecrf in test_crf_dense.py, and shares no code with the kernel.
 import pytest
 import torch
 
-from seglab.crf import PRESETS, dense_crf, native
+from seglab.crf import PRESETS, dense_crf, dense_crf_labels, native
 from seglab.crf.dense import pixel_features
 from seglab.crf.lattice import PermutohedralLattice
 from seglab.crf.reference import pydensecrf_labels
@@ -89,6 +89,9 @@ def test_a_lattice_larger_than_the_cache_matches_the_pytorch_path(kernel, monkey
         assert _close_pixels(q, reference) >= 0.99
         assert (q - reference).abs().mean() < 1e-5
         assert (q.argmax(1) == reference.argmax(1)).float().mean() >= 0.99
+        # Labels written by the last pass to each pixel's place in the image.
+        labels = dense_crf_labels(probabilities, image, params, backend="native", threads=threads)
+        assert torch.equal(labels, q.argmax(1))
 
 
 def test_threads_do_not_change_the_result(kernel):
@@ -108,6 +111,21 @@ def test_no_iterations_or_no_kernels_give_the_normalised_probabilities(kernel):
     for options in ({"iterations": 0}, {"w1": 0, "w2": 0}):
         q = dense_crf(probabilities, image, "pydensecrf", backend="native", **options)
         assert torch.allclose(q, expected, atol=1e-6)
+        labels = dense_crf_labels(probabilities, image, "pydensecrf", backend="native", **options)
+        assert labels[0, 0, 0] == 1  # classes 1 and 2 tie there: the first, as argmax
+        assert torch.equal(labels, expected.argmax(1))
+
+
+@pytest.mark.parametrize("backend", ["native", "torch"])
+def test_labels_are_the_argmax_of_the_marginals(backend):
+    if backend == "native" and not native.available():
+        pytest.skip("no C++ compiler here: the native kernel cannot be built")
+    probabilities, image = _inputs(40, 56, 7, seed=8)
+    for threads in (1, 2):
+        options = {"preset": "pydensecrf", "backend": backend, "threads": threads}
+        labels = dense_crf_labels(probabilities, image, **options)
+        assert labels.dtype == torch.int64 and labels.shape == (1, 40, 56)
+        assert torch.equal(labels, dense_crf(probabilities, image, **options).argmax(1))
 
 
 def test_kernel_agrees_with_pydensecrf(kernel):

@@ -7,7 +7,14 @@ probabilities on the inputs' device.
 """
 
 from seglab.crf.convcrf import conv_crf
-from seglab.crf.dense import dense_crf
+from seglab.crf.dense import dense_crf, dense_crf_labels
 from seglab.crf.params import PRESETS, DenseCRFParams, resolve_params
 
-__all__ = ["PRESETS", "DenseCRFParams", "conv_crf", "dense_crf", "resolve_params"]
+__all__ = [
+    "PRESETS",
+    "DenseCRFParams",
+    "conv_crf",
+    "dense_crf",
+    "dense_crf_labels",
+    "resolve_params",
+]

@@ -711,7 +711,8 @@ struct Job {
     std::vector<float> mask;   // (KP): 1 for a class, 0 for a pad
     std::vector<float> compatibility_rows;  // (K, KP): the (K, K) base-2 cost, padded
     const float* compatibility = nullptr;  // its data, or null (Potts)
-    float* out = nullptr;                  // (N, K)
+    float* out = nullptr;                  // (N, K), or null
+    int64_t* labels = nullptr;             // (N) each pixel's most probable class, or null
     // Per lattice: two vertex buffers (M + 1, KP) with row M zero, and the scratch buffer of
     // the blur. An iteration's pixel pass splats into buffer s (shared vertices into its
     // thread's side rows, added in before the blur), which is blurred (with the scratch) and
@@ -828,6 +829,13 @@ template <class V> inline void store_row(uint16_t* p, V v) {
 #else
     (void)p, (void)v;
 #endif
+}
+
+// The index of a row's largest of K values, the first of equal ones (as torch.argmax).
+inline int64_t first_largest(const float* row, int K) {
+    int64_t best = 0;
+    for (int k = 1; k < K; ++k) best = row[k] > row[best] ? k : best;
+    return best;
 }
 
 // The maximum and the sum of a vector's lanes, in every lane (a log-step butterfly of
@@ -1018,9 +1026,11 @@ void pixel_pass(Job& job, int t, int64_t p0, int64_t p1, int from, bool first, b
             for (int c = 0; c < C; ++c) store(&block_q[i * KP + c * W], q[c]);
         }
         if (last) {
-            for (int i = 0; i < n; ++i)
-                std::memcpy(job.out + (job.pixel_of.empty() ? b0 + i : job.pixel_of[b0 + i]) * K,
-                            &block_q[i * KP], sizeof(float) * K);
+            for (int i = 0; i < n; ++i) {
+                const int64_t pixel = job.pixel_of.empty() ? b0 + i : job.pixel_of[b0 + i];
+                if (job.out) std::memcpy(job.out + pixel * K, &block_q[i * KP], sizeof(float) * K);
+                if (job.labels) job.labels[pixel] = first_largest(&block_q[i * KP], K);
+            }
             continue;
         }
         // Consecutive pixels in one simplex (a flat region) add into the same rows: a run of
@@ -1278,7 +1288,8 @@ void mean_field(Job& job) {
 }
 
 int run(const float* scores, int logits, const uint8_t* image, int height, int width, int classes,
-        const double* params, int iterations, const float* compatibility, float* out, int threads) {
+        const double* params, int iterations, const float* compatibility, float* out,
+        int64_t* labels, int threads) {
     const int64_t N = int64_t(height) * width;
     Clock clock;
     Job job;
@@ -1290,6 +1301,7 @@ int run(const float* scores, int logits, const uint8_t* image, int height, int w
     if (job.KP > MAX_KP) return 3;
     job.iterations = iterations;
     job.out = out;
+    job.labels = labels;
     job.T = std::max(1, std::min<int>(threads, int(N / 4096) + 1));
     const int T = job.T;
     // params: w1, theta_alpha, theta_beta, w2, theta_gamma.
@@ -1355,8 +1367,11 @@ int run(const float* scores, int logits, const uint8_t* image, int height, int w
     if (!ok) return 1;
     clock.lap("embed");
     if (job.lattices.empty()) {
-        for (int64_t p = 0; p < N; ++p)
-            for (int k = 0; k < classes; ++k) out[p * classes + k] = job.q0[p * job.KP + k];
+        for (int64_t p = 0; p < N; ++p) {
+            if (out)
+                for (int k = 0; k < classes; ++k) out[p * classes + k] = job.q0[p * job.KP + k];
+            if (labels) labels[p] = first_largest(&job.q0[p * job.KP], classes);
+        }
         return 0;
     }
     for (auto* L : job.lattices)
@@ -1469,19 +1484,20 @@ int run(const float* scores, int logits, const uint8_t* image, int height, int w
 extern "C" {
 
 // Version of this interface; native.py checks it after loading.
-int seglab_dense_crf_version() { return 1; }
+int seglab_dense_crf_version() { return 2; }
 
-// Q (N, K) into out for scores (K, N) (probabilities, or logits when logits != 0), an image
+// Q (N, K) into out and each pixel's most probable class (the first of equal ones) into labels
+// (either may be null) for scores (K, N) (probabilities, or logits when logits != 0), an image
 // (3, H, W) uint8, params = (w1, theta_alpha, theta_beta, w2, theta_gamma), an optional (K, K)
 // base-2 compatibility cost (null: Potts), on `threads` threads. Returns 0, or 1 (out of
 // memory), 2 (features span too large a lattice), 3 (too many classes), 4 (other error).
 int seglab_dense_crf(const float* scores, int logits, const uint8_t* image, int height, int width,
                      int classes, const double* params, int iterations, const float* compatibility,
-                     float* out, int threads) {
+                     float* out, int64_t* labels, int threads) {
     try {
         FlushDenormals flush;
         return run(scores, logits, image, height, width, classes, params, iterations,
-                   compatibility, out, threads);
+                   compatibility, out, labels, threads);
     } catch (...) {
         return 4;
     }

@@ -38,7 +38,7 @@ __all__ = ["BACKENDS", "available", "backend_choice", "chosen", "load", "run"]
 SOURCE = Path(__file__).with_name("dense_kernel.cpp")
 BACKENDS = ("auto", "native", "torch")
 BACKEND_ENV = "SEGLAB_CRF_BACKEND"
-INTERFACE_VERSION = 1
+INTERFACE_VERSION = 2
 FLAGS = ["-O3", "-std=c++20", "-shared", "-fPIC", "-pthread"]
 # Tried first: the kernel is compiled on the machine that runs it, so it may use all its
 # vector instructions; without it (a compiler that rejects it) the build is portable.
@@ -167,7 +167,8 @@ def _bind(library: ctypes.CDLL) -> ctypes.CDLL:
         ctypes.POINTER(ctypes.c_double),  # w1, theta_alpha, theta_beta, w2, theta_gamma
         ctypes.c_int,  # iterations
         ctypes.c_void_p,  # compatibility (K, K) float32 or null
-        ctypes.c_void_p,  # out (N, K) float32
+        ctypes.c_void_p,  # out (N, K) float32 or null
+        ctypes.c_void_p,  # labels (N) int64 or null
         ctypes.c_int,  # threads
     ]
     return library
@@ -216,12 +217,14 @@ def run(
     params: tuple[float, float, float, float, float],
     iterations: int,
     compatibility: Tensor | None,
-    out: Tensor,
+    out: Tensor | None,
     threads: int,
+    labels: Tensor | None = None,
 ) -> None:
-    """Q (N, K) into out (contiguous float32) for one image's scores (K, H, W) and its
-    (3, H, W) uint8 pixels, on CPU tensors; params = (w1, theta_alpha, theta_beta, w2,
-    theta_gamma); compatibility (K, K) base-2 cost or None (Potts)."""
+    """Q (N, K) into out (contiguous float32) and/or each pixel's most probable class into
+    labels (contiguous int64 (N,); the first of equal ones, as argmax) for one image's scores
+    (K, H, W) and its (3, H, W) uint8 pixels, on CPU tensors; params = (w1, theta_alpha,
+    theta_beta, w2, theta_gamma); compatibility (K, K) base-2 cost or None (Potts)."""
     library = load()
     if library is None:
         raise SeglabError("the native dense CRF kernel is unavailable; use backend='torch'")
@@ -230,8 +233,10 @@ def run(
     image = image.contiguous()
     if compatibility is not None:
         compatibility = compatibility.float().contiguous()
-    if not out.is_contiguous() or out.dtype != torch.float32:
+    if out is not None and (not out.is_contiguous() or out.dtype != torch.float32):
         raise ValueError("out must be contiguous float32")
+    if labels is not None and (not labels.is_contiguous() or labels.dtype != torch.int64):
+        raise ValueError("labels must be contiguous int64")
     numbers = (ctypes.c_double * 5)(*params)
     status = library.seglab_dense_crf(
         scores.data_ptr(),
@@ -243,7 +248,8 @@ def run(
         numbers,
         iterations,
         None if compatibility is None else compatibility.data_ptr(),
-        out.data_ptr(),
+        None if out is None else out.data_ptr(),
+        None if labels is None else labels.data_ptr(),
         max(1, threads),
     )
     if status != 0:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from seglab.crf.dense import dense_crf
+from seglab.crf.dense import dense_crf_labels
 from seglab.crf.params import DenseCRFParams, resolve_params
 from seglab.metrics import ConfusionMatrix
 
@@ -50,7 +50,7 @@ def grid_search(
             probs = probs if probs.ndim == 4 else probs[None]
             image = image if image.ndim == 4 else image[None]
             labels = labels if labels.ndim == 3 else labels[None]
-            prediction = dense_crf(probs, image, preset=params).argmax(1)
+            prediction = dense_crf_labels(probs, image, preset=params)
             confusion.update(prediction.cpu(), labels.cpu())
         results.append((params, float(confusion.compute()["mean_iou"])))
     return sorted(results, key=lambda result: -result[1])

@@ -88,12 +88,12 @@ def evaluate_checkpoint(
         predictions = probs.argmax(1).cpu().numpy().astype(np.uint8)
         refined = None
         if crf_confusion is not None:
-            from seglab.crf import dense_crf
+            from seglab.crf import dense_crf_labels
 
             raw = torch.stack(
                 [torch.from_numpy(dataset.load(i)[0]).permute(2, 0, 1) for i in indices]
             ).to(device)
-            refined = dense_crf(probs, raw, preset=crf).argmax(1)
+            refined = dense_crf_labels(probs, raw, preset=crf)
             crf_confusion.update(refined, masks)
             refined = refined.cpu().numpy().astype(np.uint8)
         for i, index in enumerate(indices):

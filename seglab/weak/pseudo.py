@@ -153,7 +153,7 @@ def crf_pseudo_mask(cams: np.ndarray, tags: list[int], image: np.ndarray, bg_thr
     argmax is the unrefined mask, then mean-field with the colour and smoothness kernels snaps
     the coarse CAM regions to the image's edges.
     cams: (K, H, W) in [0, 1]; image: (H, W, 3) uint8 -> (H, W) uint8 labels."""
-    from seglab.crf import dense_crf
+    from seglab.crf import dense_crf_labels
 
     if not tags:
         return np.zeros(image.shape[:2], np.uint8)
@@ -161,7 +161,7 @@ def crf_pseudo_mask(cams: np.ndarray, tags: list[int], image: np.ndarray, bg_thr
     scores = np.maximum(scores, 1e-5)
     probabilities = torch.from_numpy((scores / scores.sum(0)).astype(np.float32))[None]
     pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
-    refined = dense_crf(probabilities, pixels, preset)[0].argmax(0).numpy()
+    refined = dense_crf_labels(probabilities, pixels, preset)[0].numpy()
     return np.asarray([0, *tags], np.uint8)[refined]
 
 
