@@ -80,13 +80,14 @@ def depth_for(image: Path, folder: str | Path | None) -> Any:
     """(H, W) float32 metres for `image`: FOLDER/NAME.png, FOLDER defaulting to the folder
     layout's depth/ beside the image's folder; the scale from FOLDER/depth.txt, else
     FOLDER/../depth.txt."""
-    from seglab.data.depth import DEPTH_FILE, read_depth_png, read_depth_scale
+    from seglab.data.depth import DEPTH_FILE, depth_in_metres, read_depth_png, read_depth_scale
 
     folder = Path(folder) if folder is not None else image.parent.parent / "depth"
     scale_root = folder if (folder / DEPTH_FILE).is_file() else folder.parent
     hint = "give the depth maps' folder with --depth DIR (16-bit PNGs named as the images)"
+    # The PNG first: a missing depth map is the likelier mistake, and its message names it.
     values = read_depth_png(folder / f"{image.stem}.png", hint)
-    return values.astype("float32") * read_depth_scale(scale_root)
+    return depth_in_metres(values, read_depth_scale(scale_root))
 
 
 def predict_files(

@@ -75,9 +75,14 @@ def read_depth_png(path: Path, missing_hint: str = "every image needs one in dep
     return values
 
 
+def depth_in_metres(values: np.ndarray, metres_per_unit: float) -> np.ndarray:
+    """(H, W) stored depth values -> float32 metres; 0 stays 0 (no depth)."""
+    return values.astype(np.float32) * np.float32(metres_per_unit)
+
+
 def read_depth(path: Path, metres_per_unit: float) -> np.ndarray:
     """(H, W) float32 metres from a 16-bit (or 8-bit) grayscale PNG; 0 stays 0 (no depth)."""
-    return read_depth_png(path).astype(np.float32) * np.float32(metres_per_unit)
+    return depth_in_metres(read_depth_png(path), metres_per_unit)
 
 
 def write_depth(depth: np.ndarray, path: Path, metres_per_unit: float = 0.001) -> None:
