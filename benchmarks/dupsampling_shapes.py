@@ -121,7 +121,7 @@ def section(recon: list[dict], trained: dict, step: int, args) -> str:
             f"batch {args.batch_size}, AdamW lr {args.lr:g}, poly over {args.iters} steps"
             + (", median-frequency class weights" if args.median_frequency else "")
             + ", one "
-            "seed, 1 thread; val IoU (%) at step {step}"
+            f"seed, 1 thread; val IoU (%) at step {step}"
             + ("." if step == args.iters else " (both runs cut there: the machine was busy)."),
             "",
             *iou_table(trained, SHAPE_CLASSES, "head"),
