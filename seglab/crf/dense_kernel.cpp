@@ -334,9 +334,10 @@ struct Lattice {
     Array<int32_t> offset;        // (N, d1) vertex of each corner
     Array<float> weight;          // (N, d1) barycentric weight, times D^-1/2 after normalise
     Array<uint8_t> same;          // (N) 1 where pixel p's simplex is pixel p - 1's
-    // Where the splat adds: the vertex, or -1 - s for shared vertex s, one that pixels of two
-    // threads' ranges splat to (those add into per-thread side rows, summed before the blur;
-    // every other vertex is one thread's alone, so all threads splat into one buffer).
+    // The row the splat adds into: the vertex, or for shared vertex s (one that pixels of two
+    // threads' ranges splat to) side row M + 1 + t S + s of the pixel's thread t, below the
+    // vertex rows of the same buffer (summed into the vertex's row before the blur; every other
+    // vertex is one thread's alone, so all threads splat into one buffer, without a branch).
     Array<int32_t> splat_offset;  // (N, d1)
     std::vector<int32_t> shared;  // (S) the shared vertices
     std::vector<int32_t> shared_id;  // (M) each vertex's index in shared, or -1
@@ -713,13 +714,13 @@ struct Job {
     const float* compatibility = nullptr;  // its data, or null (Potts)
     float* out = nullptr;                  // (N, K), or null
     int64_t* labels = nullptr;             // (N) each pixel's most probable class, or null
-    // Per lattice: two vertex buffers (M + 1, KP) with row M zero, and the scratch buffer of
-    // the blur. An iteration's pixel pass splats into buffer s (shared vertices into its
-    // thread's side rows, added in before the blur), which is blurred (with the scratch) and
-    // sliced by the next pass while it splats into buffer 1 - s.
+    // Per lattice: two vertex buffers (M + 1 + T S, KP) with row M zero and each thread's S
+    // side rows after it, and the scratch buffer of the blur. An iteration's pixel pass
+    // splats into buffer s (shared vertices into its thread's side rows, added in before the
+    // blur), which is blurred (with the scratch) and sliced by the next pass while it splats
+    // into buffer 1 - s.
     std::vector<Array<float>> sets[2];
     std::vector<Array<float>> scratch;
-    std::vector<std::vector<Array<float>>> side;  // [lattice][thread] (S, KP)
     // A lattice much larger than the cache (a noisy image's: more vertices than pixels) is
     // blurred and sliced in float16 storage (float32 arithmetic; the splat stays float32):
     // half the memory traffic of the passes that dominate there, as dense.py's vertex_dtype.
@@ -907,7 +908,7 @@ inline void slice_rows(const T* vertices, const int32_t* offset, const float* we
 // The splat of pixels i..end of a block (one simplex of lattice L): each of its D1 rows gets
 // sum_k weight[k][r] q[k], summed in registers.
 template <int D1, class V, int W, int CMAX>
-inline void splat_run(float* vertices, float* side, const struct Lattice& L, int64_t b0, int i,
+inline void splat_run(float* vertices, const struct Lattice& L, int64_t b0, int i,
                       int end, const float* block_q, int KP, int C) {
     const int32_t* offset = &L.splat_offset[(b0 + i) * D1];
     for (int r = 0; r < D1; ++r) {
@@ -918,7 +919,7 @@ inline void splat_run(float* vertices, float* side, const struct Lattice& L, int
             for (int c = 0; c < C; ++c) sum[c] += w * load<V>(&block_q[k * KP + c * W]);
         }
         const int32_t o = offset[r];
-        float* row = o >= 0 ? vertices + size_t(o) * KP : side + size_t(-1 - o) * KP;
+        float* row = vertices + size_t(o) * KP;
         for (int c = 0; c < C; ++c) store(row + c * W, load<V>(row + c * W) + sum[c]);
     }
 }
@@ -939,7 +940,6 @@ void pixel_pass(Job& job, int t, int64_t p0, int64_t p1, int from, bool first, b
     const float* q0 = job.q0.data;
     const void* sliced[2] = {};
     float* splat[2] = {};
-    float* side[2] = {};
     // Prefetching pays only for a lattice whose rows do not stay in the (L2) cache, or whose
     // rows the pixels reach in no order (every lattice once the pixels are reordered: 0.83-0.90x
     // the time of the noise case, A/B).
@@ -948,7 +948,6 @@ void pixel_pass(Job& job, int t, int64_t p0, int64_t p1, int from, bool first, b
         prefetch[l] = job.lattices[l]->M * KP * sizeof(float) > PREFETCH_BYTES || !job.pixel_of.empty();
         sliced[l] = sliced_rows(job, l, from);
         splat[l] = job.sets[1 - from][l].data;
-        side[l] = job.side[l][t].data;
     }
     // Pixels go in blocks: first every pixel's update (independent of one another, so the
     // processor overlaps them), then the block's splat (consecutive pixels of a flat region
@@ -971,10 +970,9 @@ void pixel_pass(Job& job, int t, int64_t p0, int64_t p1, int from, bool first, b
                     const size_t row_bytes = KP * (job.half[l] ? 2 : 4);
                     for (int r = 0; r < L.d1; ++r) {
                         const char* read = static_cast<const char*>(sliced[l]) + ahead[r] * row_bytes;
-                        const bool own = ahead_splat[r] >= 0;
                         for (int c = 0; c < KP; c += 16) {
                             if (!first) __builtin_prefetch(read + c * (row_bytes / KP), 0);
-                            if (!last && own) __builtin_prefetch(splat[l] + size_t(ahead[r]) * KP + c, 1);
+                            if (!last) __builtin_prefetch(splat[l] + size_t(ahead_splat[r]) * KP + c, 1);
                         }
                     }
                 }
@@ -1041,9 +1039,9 @@ void pixel_pass(Job& job, int t, int64_t p0, int64_t p1, int from, bool first, b
                 int end = i + 1;
                 while (end < n && L.same[b0 + end]) ++end;
                 if (L.d1 == 6)
-                    splat_run<6, V, W, CMAX>(splat[l], side[l], L, b0, i, end, block_q, KP, C);
+                    splat_run<6, V, W, CMAX>(splat[l], L, b0, i, end, block_q, KP, C);
                 else
-                    splat_run<3, V, W, CMAX>(splat[l], side[l], L, b0, i, end, block_q, KP, C);
+                    splat_run<3, V, W, CMAX>(splat[l], L, b0, i, end, block_q, KP, C);
                 i = end;
             }
         }
@@ -1061,10 +1059,11 @@ void gather_splats(Job& job, size_t l, int from, int64_t s0, int64_t s1, int64_t
     const int KP = KPT ? KPT : job.KP;
     const Lattice& L = *job.lattices[l];
     float* vertices = job.sets[from][l].data;
-    for (auto& side : job.side[l]) {
+    const size_t S = L.shared.size();
+    for (int t = 0; t < job.T; ++t) {
         for (int64_t s = s0; s < s1; ++s) {
             float* row = vertices + size_t(L.shared[s]) * KP;
-            float* extra = side.data + size_t(s) * KP;
+            float* extra = vertices + (size_t(L.M) + 1 + t * S + size_t(s)) * KP;
             for (int c = 0; c < KP; c += W) store(row + c, load<V>(row + c) + load<V>(extra + c));
             std::memset(extra, 0, sizeof(float) * KP);
         }
@@ -1162,9 +1161,10 @@ void mark_shared(Job& job, int t, std::barrier<>& sync, std::vector<std::vector<
     for (size_t l = 0; l < n_lattices; ++l) {
         Lattice& L = *job.lattices[l];
         const int32_t* id = L.shared_id.data();
+        const int32_t side = int32_t(L.M + 1 + int64_t(t) * int64_t(L.shared.size()));
         for (int64_t i = p0 * L.d1; i < p1 * L.d1; ++i) {
             const int32_t o = L.offset[i], s = id[o];
-            L.splat_offset[i] = s >= 0 ? -1 - s : o;
+            L.splat_offset[i] = s >= 0 ? side + s : o;
         }
     }
 }
@@ -1438,11 +1438,11 @@ int run(const float* scores, int logits, const uint8_t* image, int height, int w
     try {
         for (auto& set : job.sets) set.resize(n_lattices);
         job.scratch.resize(n_lattices);
-        job.side.resize(n_lattices);
         for (int l = 0; l < n_lattices; ++l) {
             const Lattice& L = *job.lattices[l];
             const size_t rows = size_t(L.M + 1) * job.KP;
-            for (auto& set : job.sets) set[l].resize_zeroed(rows);
+            const size_t side_rows = size_t(T) * L.shared.size() * job.KP;
+            for (auto& set : job.sets) set[l].resize_zeroed(rows + side_rows);
             job.half[l] = HALF_STORAGE && job.KP % 8 == 0 && L.M > HALF_PRECISION_RATIO * N &&
                           L.M * job.KP * sizeof(float) > HALF_STORAGE_BYTES &&
                           !std::getenv("SEGLAB_CRF_FLOAT32");
@@ -1457,8 +1457,6 @@ int run(const float* scores, int logits, const uint8_t* image, int height, int w
                 job.scratch[l].resize(rows);
                 std::memset(&job.scratch[l][size_t(L.M) * job.KP], 0, sizeof(float) * job.KP);
             }
-            job.side[l] = std::vector<Array<float>>(T);
-            for (auto& side : job.side[l]) side.resize_zeroed(L.shared.size() * job.KP);
         }
     } catch (const std::bad_alloc&) {
         return 1;
