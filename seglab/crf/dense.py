@@ -306,6 +306,7 @@ def dense_crf(
     vertex_dtype: torch.dtype | None = None,
     threads: int | None = None,
     backend: str | None = None,
+    _labels: bool = False,
     **overrides: float,
 ) -> Tensor:
     """Fully connected CRF (Kraehenbuehl & Koltun 2011) refinement of segmentation scores.
@@ -333,6 +334,7 @@ def dense_crf(
         backend: "native" (the compiled kernel, CPU only; a SeglabError if it cannot be
             built), "torch" (the PyTorch path) or "auto" (native on the CPU when it builds,
             else torch); None reads SEGLAB_CRF_BACKEND, default "auto".
+        _labels: return dense_crf_labels' labels instead (use that function).
         **overrides: any DenseCRFParams field (w1, theta_alpha, theta_beta, w2, theta_gamma).
 
     Returns:
@@ -340,47 +342,6 @@ def dense_crf(
         pixel's K values contiguous, as the lattice writes them); argmax(1) is the labelling
         (dense_crf_labels gives it faster).
     """
-    options = (preset, iterations, logits, compatibility, vertex_dtype, threads, backend)
-    return _dense_crf(scores, images, *options, labels=False, **overrides)
-
-
-def dense_crf_labels(
-    scores: Tensor,
-    images: Tensor,
-    preset: str | DenseCRFParams = "deeplab-largefov",
-    iterations: int | None = None,
-    logits: bool = False,
-    compatibility: Tensor | None = None,
-    vertex_dtype: torch.dtype | None = None,
-    threads: int | None = None,
-    backend: str | None = None,
-    **overrides: float,
-) -> Tensor:
-    """dense_crf(...).argmax(1): (B, H, W) int64 labels, the first of equal classes as argmax.
-
-    The arguments are dense_crf's. The native kernel takes each pixel's argmax in its last
-    pass and writes no marginals (on a 600x400 photo with 8 classes that saves ~6 ms of a
-    ~150 ms call, torch's argmax over the channels-last Q); the PyTorch path returns the
-    argmax of its marginals.
-    """
-    options = (preset, iterations, logits, compatibility, vertex_dtype, threads, backend)
-    return _dense_crf(scores, images, *options, labels=True, **overrides)
-
-
-def _dense_crf(
-    scores: Tensor,
-    images: Tensor,
-    preset: str | DenseCRFParams,
-    iterations: int | None,
-    logits: bool,
-    compatibility: Tensor | None,
-    vertex_dtype: torch.dtype | None,
-    threads: int | None,
-    backend: str | None,
-    labels: bool,
-    **overrides: float,
-) -> Tensor:
-    """dense_crf's marginals, or (labels) dense_crf_labels' labels."""
     images = crf_images(scores, images)
     params = resolve_params(preset, iterations, **overrides)
     b, k, h, w = scores.shape
@@ -391,13 +352,13 @@ def _dense_crf(
     if native.chosen(backend, scores.device, vertex_dtype, k):
         numbers = astuple(params)[:5]  # w1, theta_alpha, theta_beta, w2, theta_gamma
         threads = torch.get_num_threads() if threads is None else threads
-        if labels:
+        if _labels:
             result = torch.empty(b, h, w, dtype=torch.int64)
         else:  # channels-last, as the kernel writes each pixel's K values
             result = torch.empty(b, h, w, k).permute(0, 3, 1, 2)
         for i in range(b):
-            rows = None if labels else result[i].permute(1, 2, 0).view(h * w, k)
-            label_row = result[i].view(h * w) if labels else None
+            rows = None if _labels else result[i].permute(1, 2, 0).view(h * w, k)
+            label_row = result[i].view(h * w) if _labels else None
             options = (params.iterations, compatibility, rows, threads, label_row)
             native.run(scores[i], logits, images[i], numbers, *options)
         return result
@@ -418,4 +379,17 @@ def _dense_crf(
         # The lattice gathers want each pixel's classes contiguous: (K, H, W) -> (N, K).
         unary = _unary_rows(scores[i].reshape(k, h * w), logits, q)
         _iterate(unary, kernel, params.iterations, compatibility, q, target)
-    return out.argmax(1) if labels else out
+    return out.argmax(1) if _labels else out
+
+
+def dense_crf_labels(
+    scores: Tensor, images: Tensor, preset: str | DenseCRFParams = "deeplab-largefov", **options
+) -> Tensor:
+    """dense_crf(...).argmax(1): (B, H, W) int64 labels, the first of equal classes as argmax.
+
+    The options are dense_crf's. The native kernel takes each pixel's argmax in its last
+    pass and writes no marginals (on a 600x400 photo with 8 classes that saves ~6 ms of a
+    ~150 ms call, torch's argmax over the channels-last Q); the PyTorch path returns the
+    argmax of its marginals.
+    """
+    return dense_crf(scores, images, preset, _labels=True, **options)
