@@ -23,7 +23,8 @@
 //   blur), so the result does not depend on scheduling;
 // - large blocks are kept between calls (Pool) rather than faulted in afresh.
 // SEGLAB_CRF_PROFILE=1 (CPU time) or =wall prints the time of each phase to stderr;
-// SEGLAB_CRF_FLOAT32=1 turns the float16 storage off.
+// SEGLAB_CRF_FLOAT32=1 turns the float16 storage off. A change is measured against the build
+// before it with benchmarks/crf_ab.py (both timed alternately in one process).
 #include <algorithm>
 #include <atomic>
 #include <ctime>
