@@ -26,7 +26,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as crf_benchmark.py: see t
 
 import argparse  # noqa: E402
 import ctypes
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,15 +40,14 @@ from seglab.crf import PRESETS, native
 
 
 def build(source: Path, folder: Path) -> ctypes.CDLL:
-    """source compiled with native.py's flags and loaded, its C signature declared."""
+    """source compiled as native.py compiles the kernel and loaded, its C signature declared."""
     cxx = native.compiler()
     if cxx is None:
         sys.exit("no C++ compiler found (set CXX to one)")
     target = folder / f"{source.stem}_{abs(hash(str(source)))}.so"
-    command = [cxx, *native.FLAGS, *native.ARCH_FLAGS, str(source), "-o", str(target)]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.exit(f"{source}: the build failed:\n{done.stderr[-2000:]}")
+    error = native._compile(cxx, target, source)
+    if error is not None:
+        sys.exit(f"{source}: the build failed: {error}")
     library = native._bind(ctypes.CDLL(str(target)))
     if library.seglab_dense_crf_version() != native.INTERFACE_VERSION:
         sys.exit(

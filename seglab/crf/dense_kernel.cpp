@@ -57,7 +57,7 @@ constexpr float PAD_COST = 1e30f;           // padded classes: never the max, ex
 constexpr int MAX_KP = 512;
 constexpr uint64_t EMPTY = ~uint64_t(0);
 // The pixel pass prefetches a lattice's rows only above this size: below it they mostly stay
-// in the cache (4 MiB L2 per core here), and prefetching a 1-8 MiB lattice's rows cost more
+// in the cache (2 MiB of L2 per core and a shared L3 here), and prefetching a 1-8 MiB lattice's rows cost more
 // instructions than it saved (interleaved A/B on the benchmark's photos: 5-20 % of a pixel
 // pass at one thread).
 constexpr size_t PREFETCH_BYTES = size_t(1) << 23;
@@ -65,7 +65,7 @@ constexpr size_t PREFETCH_BYTES = size_t(1) << 23;
 constexpr size_t HALF_STORAGE_BYTES = size_t(4) << 20;
 constexpr double HALF_PRECISION_RATIO = 0.5;  // as dense.py's
 // Vertices renumbered in code order (sort_vertices) for a lattice whose float32 rows are
-// larger than this (the L2 cache of a core here).
+// larger than this (twice the L2 cache of a core here).
 constexpr size_t SORT_BYTES = size_t(4) << 20;
 
 // Denormals slow every product ~100x on x86; tiny probabilities must not produce them.

@@ -101,9 +101,10 @@ def _library_path(cxx: str) -> Path:
     return cache_dir() / f"dense_crf_{key.hexdigest()[:16]}.so"
 
 
-def _compile(cxx: str, target: Path) -> str | None:
-    """Build the library into target (atomically: a temporary file, then a rename). Returns
-    None on success, else the compiler's first error line."""
+def _compile(cxx: str, target: Path, source: Path = SOURCE) -> str | None:
+    """Build the library from source (the kernel's, or another build of it, as
+    benchmarks/crf_ab.py compares) into target (atomically: a temporary file, then a rename).
+    Returns None on success, else the compiler's first error line."""
     target.parent.mkdir(parents=True, exist_ok=True)
     notice(f"compiling the native kernel once (~10 s) into {target}")
     start = time.perf_counter()
@@ -112,7 +113,7 @@ def _compile(cxx: str, target: Path) -> str | None:
         with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so", delete=False) as temp:
             temporary = Path(temp.name)
         try:
-            command = [cxx, *FLAGS, *arch, str(SOURCE), "-o", str(temporary)]
+            command = [cxx, *FLAGS, *arch, str(source), "-o", str(temporary)]
             done = subprocess.run(command, capture_output=True, text=True, timeout=600)
             if done.returncode == 0:
                 os.replace(temporary, target)
